@@ -1,0 +1,1 @@
+"""The command line: a thin layer over the public Python API; no logic of its own."""

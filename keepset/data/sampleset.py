@@ -1,0 +1,111 @@
+"""``SampleSet``: the one container every data source produces and every later stage consumes."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from keepset._checks import check_labels
+
+InputLoader = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class SampleSet:
+    """A labelled set of samples.
+
+    Attributes
+    ----------
+    ids : ndarray [N]
+        Unique sample identifiers (int64 for array sources, str for file sources).
+    labels : ndarray int64 [N]
+        Class index of each sample, in ``[0, len(class_names))``.
+    class_names : list[str]
+        Name of every class, indexed by label.
+    inputs : ndarray float32 [N, ...] or None
+        In-memory inputs: images as ``[N, C, H, W]`` in [0, 1], features as ``[N, d]``.
+    loader : callable or None
+        For lazily loaded sources: ``loader(positions) -> float32 [len(positions), ...]``.
+    captions : list[str] or None
+        Optional caption per sample (image-text data).
+    name : str
+        The data spec this set came from (for manifests and cache keys).
+    """
+
+    ids: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    inputs: np.ndarray | None = None
+    loader: InputLoader | None = None
+    captions: list[str] | None = None
+    name: str = ""
+    _positions: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.labels = check_labels(self.labels, len(self.class_names))
+        self.ids = np.asarray(self.ids)
+        n = len(self.labels)
+        if self.ids.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},) to match labels, got {self.ids.shape}")
+        if len(np.unique(self.ids)) != n:
+            raise ValueError("ids must be unique; found duplicates")
+        if self.inputs is None and self.loader is None:
+            raise ValueError("a SampleSet needs either in-memory inputs or a loader")
+        if self.inputs is not None and len(self.inputs) != n:
+            raise ValueError(f"inputs has {len(self.inputs)} rows but there are {n} labels")
+        if self.captions is not None and len(self.captions) != n:
+            raise ValueError(f"captions has {len(self.captions)} entries but there are {n} labels")
+        if self.loader is not None and self._positions is None:
+            self._positions = np.arange(n)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def get_inputs(self, positions: np.ndarray | Sequence[int] | None = None) -> np.ndarray:
+        """Inputs of the samples at ``positions`` (all samples when None) as float32."""
+        pos = np.arange(len(self)) if positions is None else np.asarray(positions, dtype=np.int64)
+        if self.inputs is not None:
+            return np.asarray(self.inputs[pos], dtype=np.float32)
+        return np.asarray(self.loader(self._positions[pos]), dtype=np.float32)
+
+    def subset(self, mask_or_positions) -> "SampleSet":
+        """A new SampleSet with the samples selected by a boolean mask [N] or integer positions."""
+        sel = np.asarray(mask_or_positions)
+        if sel.dtype == np.bool_:
+            if sel.shape != (len(self),):
+                raise ValueError(f"mask must have shape ({len(self)},), got {sel.shape}")
+            sel = np.flatnonzero(sel)
+        sel = sel.astype(np.int64)
+        return SampleSet(
+            ids=self.ids[sel],
+            labels=self.labels[sel],
+            class_names=list(self.class_names),
+            inputs=None if self.inputs is None else self.inputs[sel],
+            loader=self.loader,
+            captions=None if self.captions is None else [self.captions[i] for i in sel],
+            name=self.name,
+            _positions=None if self._positions is None else self._positions[sel],
+        )
+
+    def with_labels(self, labels: np.ndarray) -> "SampleSet":
+        """The same samples with other labels (e.g. after noise injection)."""
+        out = self.subset(np.arange(len(self)))
+        out.labels = check_labels(labels, self.num_classes)
+        if out.labels.shape != self.labels.shape:
+            raise ValueError(f"labels must have shape {self.labels.shape}, got {out.labels.shape}")
+        return out
+
+    def fingerprint(self) -> str:
+        """A short hash of the ids, labels and source name (cache keys and manifests)."""
+        h = hashlib.sha256()
+        h.update(self.name.encode())
+        h.update(np.ascontiguousarray(self.ids).astype(str).astype("U").tobytes())
+        h.update(self.labels.tobytes())
+        return h.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Score tables, keep lists and manifests, all written atomically."""

@@ -1,0 +1,1 @@
+"""Stage 5 of the data flow: scores in, keep masks out."""

@@ -1,0 +1,1 @@
+"""End-to-end jobs built from the public API (the demo); the CLI calls these."""
