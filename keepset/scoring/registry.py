@@ -1,0 +1,34 @@
+"""Scorer registry: ``keepset score --method NAME`` looks NAME up here.
+
+A scorer is ``fn(samples: SampleSet, **options) -> dict[str, ndarray [N]]`` (column name -> values)
+living in its own module; that module may define ``add_arguments(parser)`` for its CLI flags.
+Adding a scorer is one file plus one entry below.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name: (module, function, one-line help)
+SCORERS: dict[str, tuple[str, str, str]] = {
+    "proj": ("keepset.scoring.mimic", "score_mimic", "Mimic Score, projection on theta_ref - theta"),
+    "cos": ("keepset.scoring.mimic", "score_mimic", "Mimic Score, cosine with theta_ref - theta"),
+    "normed_proj": ("keepset.scoring.mimic", "score_mimic", "softmax(proj / tau) over each batch"),
+    "normed_cos": ("keepset.scoring.mimic", "score_mimic", "softmax(cos / tau) over each batch"),
+}
+
+
+def scorer_names() -> list[str]:
+    return sorted(SCORERS)
+
+
+def get_scorer(name: str):
+    """The scorer function registered as ``name``; ValueError listing the known names otherwise."""
+    if name not in SCORERS:
+        raise ValueError(f"unknown scoring method {name!r}; known: {', '.join(scorer_names())}")
+    module, func, _ = SCORERS[name]
+    return getattr(importlib.import_module(module), func)
+
+
+def scorer_modules() -> list[str]:
+    return sorted({m for m, _, _ in SCORERS.values()})

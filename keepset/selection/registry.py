@@ -1,0 +1,32 @@
+"""Selector registry: ``keepset select --method NAME`` looks NAME up here.
+
+A selector is ``fn(table: dict[str, ndarray [N]], **options) -> bool keep mask [N]``, where ``table``
+is a score table (``id``, ``label``, score columns) and ``options`` holds the CLI flags (``ratio`` ...).
+Its module may define ``add_arguments(parser)``. Adding a selector is one file plus one entry below.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+SELECTORS: dict[str, tuple[str, str, str]] = {
+    "top": ("keepset.selection.table_selectors", "select_top_column",
+            "keep the top --ratio of --column (--lowest for the bottom)"),
+    "stage2": ("keepset.selection.table_selectors", "select_stage2",
+               "Grad-Mimic Stage 2 filter from recorded dynamics (--dynamics DIR)"),
+}
+
+
+def selector_names() -> list[str]:
+    return sorted(SELECTORS)
+
+
+def get_selector(name: str):
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selection method {name!r}; known: {', '.join(selector_names())}")
+    module, func, _ = SELECTORS[name]
+    return getattr(importlib.import_module(module), func)
+
+
+def selector_modules() -> list[str]:
+    return sorted({m for m, _, _ in SELECTORS.values()})
