@@ -33,6 +33,8 @@ class BatchState:
     head_inputs : [B, d] inputs of the final nn.Linear (detached)
     sample_weights : set by a re-weighting hook: [B] non-negative weights summing to 1
     weighted_params : parameter names the weights apply to (None: all trainable parameters)
+    param_grads : set by a hook that computed the step's gradients itself (e.g. the fused Grad-Mimic step):
+        {name: gradient} for every trainable parameter; the loop then skips its own backward pass
     """
 
     epoch: int
@@ -46,6 +48,7 @@ class BatchState:
     model: nn.Module
     sample_weights: torch.Tensor | None = None
     weighted_params: Sequence[str] | None = None
+    param_grads: dict | None = None
     extras: dict = field(default_factory=dict)
 
 
@@ -138,6 +141,13 @@ def fit(model: nn.Module, x, y, *, epochs: int = 10, batch_size: int = 128, opti
 
 def _backward(state: BatchState, params: dict[str, torch.Tensor]) -> None:
     """Mean gradient for every parameter, except ``sum_i w_i g_i`` on the re-weighted ones."""
+    if state.param_grads is not None:
+        missing = [n for n in params if n not in state.param_grads]
+        if missing:
+            raise ValueError(f"a hook set param_grads without gradients for {missing}")
+        for nme, p in params.items():
+            p.grad = state.param_grads[nme].to(p)
+        return
     w = state.sample_weights
     if w is None:
         state.losses.mean().backward()

@@ -1,0 +1,232 @@
+"""Per-sample gradients of ``nn.Linear`` and ``nn.Conv2d`` layers, held implicitly as the layer's
+input activations ``a`` and the per-sample output gradients ``delta = dL_i / dz_i``.
+
+A layer ``z = W a + b`` applied at T positions of sample i (``a_i`` [T, d_in], ``delta_i`` [T, d_out];
+T = 1 for a Linear on [B, d], T = H'W' output positions for a Conv2d with ``a_it`` the unfolded patch):
+
+    g_W,i = sum_t delta_it a_it^T               g_b,i = sum_t delta_it
+    <g_W,i, V_W> = sum_t delta_it . (V_W a_it)  (one pass of the layer with weights V_W: conv(a_i, V_W))
+    ||g_W,i||^2 = ||delta_i||^2 ||a_i||^2        (T = 1)
+                = sum_{t,s} (a_it . a_is)(delta_it . delta_is)   (Gram form, T > 1)
+                  or ||delta_i^T A_i||^2 formed in bounded chunks of samples, whichever costs less
+    sum_i w_i g_W,i = sum_{i,t} w_i delta_it a_it^T   (the re-weighted gradient: one weight-gradient pass)
+
+Because the samples of a batch are independent (no batch-coupling layer such as BatchNorm in training
+mode), the output gradients of ``sum_i L_i`` at z are exactly the per-sample ``delta_i``: one ordinary
+backward pass gives every sample's gradient of every Linear/Conv2d layer, in implicit form.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
+#: elements of the largest temporary formed at once when per-sample gradients are built in chunks
+CHUNK_ELEMENTS = 1 << 24
+
+
+def supports(module: nn.Module) -> bool:
+    """Whether ``module``'s per-sample gradients follow from (a, delta) here."""
+    if isinstance(module, nn.Linear):
+        return True
+    if isinstance(module, nn.Conv2d):
+        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+    return False
+
+
+def batch_coupling_modules(model: nn.Module) -> list[str]:
+    """Names of modules that mix the samples of a batch (BatchNorm using batch statistics)."""
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)]
+
+
+def check_batch_independent(model: nn.Module) -> None:
+    """Raise ValueError when the model couples the samples of a batch: per-sample gradients are then undefined."""
+    bad = batch_coupling_modules(model)
+    if bad:
+        raise ValueError(f"modules {bad} (BatchNorm in training mode) mix the samples of a batch, so a sample's own "
+                         "gradient is undefined; call model.eval() for scoring, or use GroupNorm/LayerNorm instead")
+
+
+def _sq_norm_of_sum_outer(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """``||d_n^T u_n||_F^2`` for each n: u [N, T, p], d [N, T, q] -> [N], exact, without forming [N, q, p]
+    at once (Gram form when T^2 (p + q) < T p q, else the product in chunks of n)."""
+    n, t, p = u.shape
+    q = d.shape[2]
+    out = torch.empty(n, dtype=u.dtype, device=u.device)
+    if t == 1:
+        return (u[:, 0] ** 2).sum(1) * (d[:, 0] ** 2).sum(1)
+    if t * t * (p + q) < t * p * q:
+        step = max(1, CHUNK_ELEMENTS // (2 * t * t))
+        for s in range(0, n, step):
+            gu = torch.bmm(u[s:s + step], u[s:s + step].transpose(1, 2))
+            gd = torch.bmm(d[s:s + step], d[s:s + step].transpose(1, 2))
+            out[s:s + step] = (gu * gd).sum((1, 2))
+    else:
+        step = max(1, CHUNK_ELEMENTS // (p * q))
+        for s in range(0, n, step):
+            g = torch.bmm(d[s:s + step].transpose(1, 2), u[s:s + step])
+            out[s:s + step] = (g * g).sum((1, 2))
+    return out
+
+
+class LayerGrads:
+    """The per-sample gradients of one Linear/Conv2d layer over a batch, held as (a, delta).
+
+    module : the nn.Linear or nn.Conv2d
+    a : its input [B, ..., d_in] (Linear) or [B, C, H, W] (Conv2d)
+    delta : gradient of ``sum_i L_i`` at its output, same shape as the output
+    """
+
+    def __init__(self, module: nn.Module, a: torch.Tensor, delta: torch.Tensor):
+        if not supports(module):
+            raise TypeError(f"{type(module).__name__} is not handled by the layer identities")
+        self.module = module
+        self.a = a.detach()
+        self.delta = delta.detach()
+        self.b = a.shape[0]
+        self.is_conv = isinstance(module, nn.Conv2d)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Linear: a as [B, T, d_in] and delta as [B, T, d_out]."""
+        return self.a.reshape(self.b, -1, self.a.shape[-1]), self.delta.reshape(self.b, -1, self.delta.shape[-1])
+
+    def _patches(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conv2d: unfolded inputs [B*groups, P, C/g*kh*kw] and deltas [B*groups, P, O/g]."""
+        m = self.module
+        g = m.groups
+        u = F.unfold(self.a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        p = u.shape[-1]
+        u = u.reshape(self.b, g, -1, p).transpose(2, 3).reshape(self.b * g, p, -1)
+        d = self.delta.reshape(self.b, g, -1, p).transpose(2, 3).reshape(self.b * g, p, -1)
+        return u, d
+
+    def _bias_grads(self) -> torch.Tensor:
+        """Per-sample bias gradients [B, d_out]."""
+        if self.is_conv:
+            return self.delta.sum((2, 3))
+        return self.delta.reshape(self.b, -1, self.delta.shape[-1]).sum(1)
+
+    # -- per-sample quantities -------------------------------------------------------------------
+    def dots(self, v_weight: torch.Tensor | None, v_bias: torch.Tensor | None) -> torch.Tensor:
+        """``<g_i, V>`` [B] over this layer's weight (v_weight) and/or bias (v_bias); None skips a part."""
+        out = torch.zeros(self.b, dtype=self.delta.dtype, device=self.delta.device)
+        if v_weight is not None:
+            v_weight = v_weight.to(self.a)
+            if self.is_conv:
+                m = self.module
+                zv = F.conv2d(self.a, v_weight, None, m.stride, m.padding, m.dilation, m.groups)
+            else:
+                zv = F.linear(self.a, v_weight)
+            out = out + (zv * self.delta).reshape(self.b, -1).sum(1)
+        if v_bias is not None:
+            out = out + self._bias_grads() @ v_bias.to(self.delta)
+        return out
+
+    def sq_norms(self, weight: bool = True, bias: bool = False) -> torch.Tensor:
+        """``||g_i||^2`` [B] over the weight and/or the bias of this layer."""
+        out = torch.zeros(self.b, dtype=self.delta.dtype, device=self.delta.device)
+        if weight:
+            if self.is_conv:
+                u, d = self._patches()
+                out = out + _sq_norm_of_sum_outer(u, d).reshape(self.b, -1).sum(1)
+            else:
+                u, d = self._rows()
+                out = out + _sq_norm_of_sum_outer(u, d)
+        if bias:
+            out = out + (self._bias_grads() ** 2).sum(1)
+        return out
+
+    def weighted(self, w: torch.Tensor, weight: bool = True, bias: bool = True
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``sum_i w_i g_i`` for the weight and the bias (w [B]); None where not asked or absent."""
+        m = self.module
+        has_bias = bias and m.bias is not None
+        if not (weight or has_bias):
+            return None, None
+        dw = self.delta * w.to(self.delta).reshape((self.b,) + (1,) * (self.delta.dim() - 1))
+        if self.is_conv:
+            _, gw, gb = torch.ops.aten.convolution_backward(
+                dw, self.a, m.weight.detach(), [m.out_channels] if has_bias else None, list(m.stride),
+                list(m.padding), list(m.dilation), False, [0, 0], m.groups, [False, weight, has_bias])
+            return (gw if weight else None), (gb if has_bias else None)
+        d2 = dw.reshape(-1, dw.shape[-1])
+        gw = d2.t() @ self.a.reshape(-1, self.a.shape[-1]) if weight else None
+        gb = d2.sum(0) if has_bias else None
+        return gw, gb
+
+
+class ActivationCapture:
+    """Forward hooks keeping the input and output of each watched module at every grad-enabled call.
+
+    ``records[name]`` is the list of (input, output, output version) of the calls since the last ``reset``.
+    An output that does not require grad (a frozen part of the network) is replaced by a leaf that
+    does, so that its output gradient exists.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        self.records: dict[str, list] = {n: [] for n in modules}
+        self._handles = [m.register_forward_hook(self._hook(n)) for n, m in modules.items()]
+
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            if not torch.is_grad_enabled() or not torch.is_tensor(output):
+                return None
+            replaced = None
+            if not output.requires_grad:
+                replaced = output = output.detach().requires_grad_()
+            rec = self.records[name]
+            # a second call already rules the module out: keep a placeholder, not its tensors
+            if len(rec) < 2:
+                rec.append((inputs[0].detach(), output, output._version) if not rec else None)
+            return replaced
+        return hook
+
+    def reset(self) -> None:
+        for r in self.records.values():
+            r.clear()
+
+    def single_calls(self, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{name: (a, z)} for every module called exactly once on a batch of ``batch_size`` and whose output
+        was not modified in place since; other modules are left out (their gradients need the generic path)."""
+        out = {}
+        for name, rec in self.records.items():
+            if len(rec) == 1:
+                a, z, version = rec[0]
+                if z.shape[0] == batch_size and a.shape[0] == batch_size and z._version == version:
+                    out[name] = (a, z)
+        return out
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.reset()
+
+
+def covered_modules(model: nn.Module, names: Iterable[str]) -> tuple[dict[str, dict[str, bool]], list[str]]:
+    """Split parameter names into those of supported layers and the rest.
+
+    Returns ({module name: {"weight": scored?, "bias": scored?}}, [other parameter names]).
+    A parameter shared between modules is never covered.
+    """
+    modules = dict(model.named_modules())
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    params = dict(model.named_parameters())
+    covered: dict[str, dict[str, bool]] = {}
+    rest: list[str] = []
+    for n in names:
+        mod_name, _, leaf = n.rpartition(".")
+        mod = modules.get(mod_name)
+        if (mod is not None and supports(mod) and leaf in ("weight", "bias") and counts.get(id(params[n]), 0) == 1):
+            covered.setdefault(mod_name, {"weight": False, "bias": False})[leaf] = True
+        else:
+            rest.append(n)
+    return covered, rest
