@@ -9,12 +9,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from keepset.models import MLP, LinearProbe, SmallCNN
+from keepset.models import layer_identities
 from keepset.models.layer_identities import LayerGrads
 from keepset.models.mimic import mimic_scores, resolve_layers
 from keepset.models.sample_gradients import alignment_terms
 from keepset.training import BatchState, DynamicsRecorder, GradMimicHook, fit
 
 RTOL = 1e-4
+
+
+@pytest.fixture(params=["materialised", "implicit"])
+def conv_form(request, monkeypatch):
+    """Run a test twice: conv layers' per-sample gradients formed by one grouped product (the default for
+    small layers) and the implicit forms only (conv with V, unfolded Gram / chunks, weighted conv-backward)."""
+    if request.param == "implicit":
+        monkeypatch.setattr(layer_identities, "MATERIALISE_ELEMENTS", 0)
+    return request.param
 
 
 def ce(logits, y):
@@ -119,7 +129,7 @@ FIRST = {"cnn": "features.0", "mlp": "features.1", "linear": "head"}
 @pytest.mark.parametrize("kind", ["cnn", "mlp", "linear"])
 @pytest.mark.parametrize("layers", LAYER_CHOICES, ids=str)
 @pytest.mark.parametrize("method", ["proj", "cos", "normed_cos"])
-def test_scores_match_autograd_loop(kind, layers, method):
+def test_scores_match_autograd_loop(kind, layers, method, conv_form):
     model, reference, x = pair(kind)
     if isinstance(layers, list):
         layers = [s.replace("FIRST", FIRST[kind]) for s in layers]
@@ -148,7 +158,7 @@ def test_every_path_matches_loop_on_the_cnn(path):
 
 
 @pytest.mark.parametrize("layers", ["all", "conv", "seq", "norm", ["conv2.weight", "norm.bias", "seq.bias"]], ids=str)
-def test_other_layers_strides_groups_sequences(layers):
+def test_other_layers_strides_groups_sequences(layers, conv_form):
     torch.manual_seed(1)
     model, reference = OddNet(), OddNet()
     x, y = torch.randn(7, 2, 8, 8), torch.arange(7) % 5
@@ -188,7 +198,7 @@ def test_batch_coupling_layer_is_refused():
           loop_scores(model, reference, x, y, resolve_layers(model, "all"), "cos"))
 
 
-def test_layer_grads_weighted_sum_and_norms_linear_and_conv():
+def test_layer_grads_weighted_sum_and_norms_linear_and_conv(conv_form):
     torch.manual_seed(5)
     for layer, a in [(nn.Linear(5, 4), torch.randn(6, 3, 5)), (nn.Conv2d(3, 4, 3, stride=2, padding=1),
                                                                  torch.randn(6, 3, 7, 7))]:
@@ -196,6 +206,7 @@ def test_layer_grads_weighted_sum_and_norms_linear_and_conv():
         z = layer(a)
         delta = torch.randn_like(z)
         lg = LayerGrads(layer, a, delta)
+        assert lg.materialise == (conv_form == "materialised" and isinstance(layer, nn.Conv2d))
         w = torch.rand(6)
         per = [torch.autograd.grad((z[i] * delta[i]).sum(), [layer.weight, layer.bias], retain_graph=True)
                for i in range(6)]
@@ -217,7 +228,7 @@ def _one_step_state(model, hook, x, y):
     ("all", "cos", "layers"), ("features.3", "proj", "layers"), (["features.0.weight"], "proj", "layers"),
     (None, "proj", "layers"), ("all", "proj", "all"), (["head.bias", "features.0.weight"], "cos", "layers"),
 ], ids=str)
-def test_fused_step_gradients_match_autograd(layers, method, apply_to):
+def test_fused_step_gradients_match_autograd(layers, method, apply_to, conv_form):
     model, reference, x = pair("cnn", 6)
     y = torch.arange(len(x)) % 5
     names = resolve_layers(model, layers)

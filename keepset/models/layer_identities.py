@@ -11,6 +11,12 @@ T = 1 for a Linear on [B, d], T = H'W' output positions for a Conv2d with ``a_it
                   or ||delta_i^T A_i||^2 formed in bounded chunks of samples, whichever costs less
     sum_i w_i g_W,i = sum_{i,t} w_i delta_it a_it^T   (the re-weighted gradient: one weight-gradient pass)
 
+Linear layers never form per-sample gradients. A Conv2d layer whose per-sample weight gradients fit in
+``MATERIALISE_ELEMENTS`` (B x weight size; 4.7 M floats for the small CNN's largest conv at batch 256) forms them
+with one convolution-backward pass in which every sample is its own group -- the cost of the batch's
+weight gradient -- and reads the dots, the norms and the weighted sum off them; larger conv layers use
+the implicit forms above (a convolution with V_W, unfolded patches, a weighted weight-gradient pass).
+
 Because the samples of a batch are independent (no batch-coupling layer such as BatchNorm in training
 mode), the output gradients of ``sum_i L_i`` at z are exactly the per-sample ``delta_i``: one ordinary
 backward pass gives every sample's gradient of every Linear/Conv2d layer, in implicit form.
@@ -27,6 +33,8 @@ from torch import nn
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
 #: elements of the largest temporary formed at once when per-sample gradients are built in chunks
 CHUNK_ELEMENTS = 1 << 24
+#: largest number of elements of a conv layer's per-sample gradients kept for a batch (B x weight size)
+MATERIALISE_ELEMENTS = 1 << 25  # 128 MiB of float32
 
 
 def supports(module: nn.Module) -> bool:
@@ -90,6 +98,31 @@ class LayerGrads:
         self.delta = delta.detach()
         self.b = a.shape[0]
         self.is_conv = isinstance(module, nn.Conv2d)
+        self._g: torch.Tensor | None = None
+        self.materialise = self.is_conv and self._materialise_conv()
+
+    def _materialise_conv(self) -> bool:
+        """Whether to form this conv layer's per-sample weight gradients [B, O, C/g, kh, kw] (one grouped
+        weight-gradient pass) and read the dots, norms and weighted sum off them: when they fit in
+        ``MATERIALISE_ELEMENTS``. That one pass costs about what the batch's weight gradient costs, whereas
+        the implicit forms need a convolution with V for the dots, a weight-gradient pass for the weighted sum
+        and, for the norms, unfolded patches. Beyond the bound the implicit forms are used."""
+        return self.b * self.module.weight.numel() <= MATERIALISE_ELEMENTS
+
+    def per_sample_weight_grads(self) -> torch.Tensor:
+        """Conv2d: every sample's weight gradient [B, O, C/g, kh, kw], from one convolution-backward pass in which
+        each sample is its own group (cached)."""
+        if self._g is None:
+            m = self.module
+            b, groups = self.b, m.groups
+            a = self.a.reshape(1, b * self.a.shape[1], *self.a.shape[2:])
+            d = self.delta.reshape(1, b * self.delta.shape[1], *self.delta.shape[2:])
+            # the weight only gives the shape here: the weight gradient does not read its values
+            w = torch.empty((b * m.out_channels,) + tuple(m.weight.shape[1:]), dtype=a.dtype, device=a.device)
+            g = torch.ops.aten.convolution_backward(d, a, w, None, list(m.stride), list(m.padding), list(m.dilation),
+                                                    False, [0, 0], b * groups, [False, True, False])[1]
+            self._g = g.reshape((b,) + tuple(m.weight.shape))
+        return self._g
 
     # -- helpers ---------------------------------------------------------------------------------
     def _rows(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +149,9 @@ class LayerGrads:
     def dots(self, v_weight: torch.Tensor | None, v_bias: torch.Tensor | None) -> torch.Tensor:
         """``<g_i, V>`` [B] over this layer's weight (v_weight) and/or bias (v_bias); None skips a part."""
         out = torch.zeros(self.b, dtype=self.delta.dtype, device=self.delta.device)
-        if v_weight is not None:
+        if v_weight is not None and self.materialise:
+            out = out + self.per_sample_weight_grads().reshape(self.b, -1) @ v_weight.to(self.a).reshape(-1)
+        elif v_weight is not None:
             v_weight = v_weight.to(self.a)
             if self.is_conv:
                 m = self.module
@@ -132,7 +167,9 @@ class LayerGrads:
         """``||g_i||^2`` [B] over the weight and/or the bias of this layer."""
         out = torch.zeros(self.b, dtype=self.delta.dtype, device=self.delta.device)
         if weight:
-            if self.is_conv:
+            if self.materialise:
+                out = out + (self.per_sample_weight_grads().reshape(self.b, -1) ** 2).sum(1)
+            elif self.is_conv:
                 u, d = self._patches()
                 out = out + _sq_norm_of_sum_outer(u, d).reshape(self.b, -1).sum(1)
             else:
@@ -149,7 +186,12 @@ class LayerGrads:
         has_bias = bias and m.bias is not None
         if not (weight or has_bias):
             return None, None
-        dw = self.delta * w.to(self.delta).reshape((self.b,) + (1,) * (self.delta.dim() - 1))
+        w = w.to(self.delta)
+        if self.materialise:
+            gw = torch.tensordot(w, self.per_sample_weight_grads(), 1) if weight else None
+            gb = w @ self._bias_grads() if has_bias else None
+            return gw, gb
+        dw = self.delta * w.reshape((self.b,) + (1,) * (self.delta.dim() - 1))
         if self.is_conv:
             _, gw, gb = torch.ops.aten.convolution_backward(
                 dw, self.a, m.weight.detach(), [m.out_channels] if has_bias else None, list(m.stride),

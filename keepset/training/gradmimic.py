@@ -152,11 +152,11 @@ class GradMimicHook:
         others = [n for n in self._trainable if n not in own]
         zs = [calls[m][1] for m in covered]
         grads = torch.autograd.grad(state.losses.sum(), zs + [params[n] for n in others], allow_unused=True)
+        need_norms = self.method == "cos"
         layers = {m: LayerGrads(modules[m], calls[m][0], d if d is not None else torch.zeros_like(z))
                   for m, z, d in zip(covered, zs, grads[:len(zs)])}
         v = direction(state.model, self.reference, self.names)
         v_norm = direction_norm(v)
-        need_norms = self.method == "cos"
         dots, sq = layer_terms(layers, covered, v, need_norms)
         score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if need_norms else None, v_norm, self.method)
         normed = torch.softmax(score / self.temperature, dim=0)
