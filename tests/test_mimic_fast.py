@@ -288,3 +288,18 @@ def test_fit_fused_equals_unfused_and_fallback_layers_train():
     before = [p.detach().clone() for p in model.parameters()]
     fit(model, torch.randn(12, 2, 8, 8), torch.arange(12) % 5, epochs=1, batch_size=6, hooks=[hook], progress=False)
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_conv_with_string_padding_takes_the_generic_path():
+    torch.manual_seed(3)
+
+    def make():
+        return nn.Sequential(nn.Conv2d(1, 3, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(75, 4))
+
+    model, reference = make(), make()
+    x, y = torch.randn(5, 1, 5, 5), torch.arange(5) % 4
+    assert layer_identities.covered_modules(model, ["0.weight", "3.weight"]) == (
+        {"3": {"weight": True, "bias": False}}, ["0.weight"])
+    for method in ("proj", "cos"):
+        close(mimic_scores(model, reference, x, y, layers="all", method=method),
+              loop_scores(model, reference, x, y, resolve_layers(model, "all"), method))

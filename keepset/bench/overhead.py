@@ -7,7 +7,8 @@ through ``keepset.training.fit``. Variants, run in rotating order inside every r
 - ``last_layer``: ``GradMimicHook`` scoring the final Linear's weight (``proj``);
 - ``all_proj`` / ``all_cos``: ``GradMimicHook`` scoring every trainable parameter;
 - ``vmap_reference``: the style of the published Grad-Mimic code: per-sample gradients of every
-  parameter from ``vmap(grad)``, the projection from them, then the weighted backward.
+  parameter from ``vmap(grad)``, each sample's projection in a Python loop, and the step's gradients
+  read off the per-sample gradients (weighted sum).
 
 A step's time is the wall time between two consecutive ``on_step_end`` calls (the forward, the
 hooks, the backward and the optimiser step), the first step of each run left out as warm-up.

@@ -107,6 +107,12 @@ class GradMimicHook:
     def on_train_end(self, model: nn.Module) -> None:
         self._release()
 
+    def __del__(self):  # a run that raised never reached on_train_end: take the forward hooks off the model
+        try:
+            self._release()
+        except Exception:
+            pass
+
     def batch_scores(self, state: BatchState) -> torch.Tensor:
         """Raw Mimic Scores [B] of the batch at the current weights."""
         v = direction(state.model, self.reference, self.names)
