@@ -99,6 +99,7 @@ class LayerGrads:
         self.b = a.shape[0]
         self.is_conv = isinstance(module, nn.Conv2d)
         self._g: torch.Tensor | None = None
+        self._gb: torch.Tensor | None = None
         self.materialise = self.is_conv and self._materialise_conv()
 
     def _materialise_conv(self) -> bool:
@@ -140,10 +141,13 @@ class LayerGrads:
         return u, d
 
     def _bias_grads(self) -> torch.Tensor:
-        """Per-sample bias gradients [B, d_out]."""
-        if self.is_conv:
-            return self.delta.sum((2, 3))
-        return self.delta.reshape(self.b, -1, self.delta.shape[-1]).sum(1)
+        """Per-sample bias gradients [B, d_out] (cached)."""
+        if self._gb is None:
+            if self.is_conv:
+                self._gb = self.delta.sum((2, 3))
+            else:
+                self._gb = self.delta.reshape(self.b, -1, self.delta.shape[-1]).sum(1)
+        return self._gb
 
     # -- per-sample quantities -------------------------------------------------------------------
     def dots(self, v_weight: torch.Tensor | None, v_bias: torch.Tensor | None) -> torch.Tensor:
