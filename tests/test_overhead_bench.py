@@ -15,7 +15,9 @@ def test_overhead_bench_writes_json_and_refuses_overwrite(tmp_path, capsys):
     record = json.loads(out.read_text())
     for key in ("plain_step_s", "last_layer_ratio", "all_proj_ratio", "all_cos_ratio", "vmap_reference_ratio"):
         assert math.isfinite(record[key]) and record[key] > 0, key
+    # one repeat: the ratio is that repeat's median step over its plain median step
     assert abs(record["all_cos_ratio"] - record["all_cos_s"] / record["plain_step_s"]) < 1e-9
+    assert record["timed_steps_per_variant"] == 1
     assert overhead.main(args) == 2  # exists, no --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert overhead.main(args + ["--overwrite"]) == 0
