@@ -18,10 +18,13 @@ from keepset.training import BatchState, DynamicsRecorder, GradMimicHook, fit
 RTOL = 1e-4
 
 
-@pytest.fixture(params=["materialised", "implicit"])
+@pytest.fixture(params=["materialised", "grouped", "implicit"])
 def conv_form(request, monkeypatch):
-    """Run a test twice: conv layers' per-sample gradients formed by one grouped product (the default for
-    small layers) and the implicit forms only (conv with V, unfolded Gram / chunks, weighted conv-backward)."""
+    """Run a test three ways: conv layers' per-sample gradients formed by a batched product with unfolded
+    patches (the default for small patches), by a grouped convolution-backward (larger patches), and the
+    implicit forms only (conv with V, unfolded Gram / chunks, weighted conv-backward)."""
+    if request.param == "grouped":
+        monkeypatch.setattr(layer_identities, "SMALL_PATCH", 0)
     if request.param == "implicit":
         monkeypatch.setattr(layer_identities, "MATERIALISE_ELEMENTS", 0)
     return request.param
@@ -206,7 +209,7 @@ def test_layer_grads_weighted_sum_and_norms_linear_and_conv(conv_form):
         z = layer(a)
         delta = torch.randn_like(z)
         lg = LayerGrads(layer, a, delta)
-        assert lg.materialise == (conv_form == "materialised" and isinstance(layer, nn.Conv2d))
+        assert lg.materialise == (conv_form != "implicit" and isinstance(layer, nn.Conv2d))
         w = torch.rand(6)
         per = [torch.autograd.grad((z[i] * delta[i]).sum(), [layer.weight, layer.bias], retain_graph=True)
                for i in range(6)]
@@ -303,3 +306,11 @@ def test_conv_with_string_padding_takes_the_generic_path():
     for method in ("proj", "cos"):
         close(mimic_scores(model, reference, x, y, layers="all", method=method),
               loop_scores(model, reference, x, y, resolve_layers(model, "all"), method))
+
+
+@pytest.mark.parametrize("stride,padding,dilation", [(1, 0, 1), (2, 1, 1), ((1, 2), (2, 0), (2, 1))])
+def test_unfold_patches_equals_torch_unfold(stride, padding, dilation):
+    conv = nn.Conv2d(3, 2, (3, 2), stride=stride, padding=padding, dilation=dilation)
+    a = torch.randn(4, 3, 9, 8)
+    want = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    assert torch.equal(layer_identities.unfold_patches(a, conv), want)

@@ -35,6 +35,8 @@ SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
 CHUNK_ELEMENTS = 1 << 24
 #: largest number of elements of a conv layer's per-sample gradients kept for a batch (B x weight size)
 MATERIALISE_ELEMENTS = 1 << 25  # 128 MiB of float32
+#: conv layers with at most this many inputs per output (C/g kh kw) form per-sample gradients by a batched product
+SMALL_PATCH = 64
 
 
 def supports(module: nn.Module) -> bool:
@@ -58,6 +60,21 @@ def check_batch_independent(model: nn.Module) -> None:
     if bad:
         raise ValueError(f"modules {bad} (BatchNorm in training mode) mix the samples of a batch, so a sample's own "
                          "gradient is undefined; call model.eval() for scoring, or use GroupNorm/LayerNorm instead")
+
+
+def unfold_patches(a: torch.Tensor, module: nn.Conv2d) -> torch.Tensor:
+    """The conv's input patches [B, C*kh*kw, P] (the layout of ``F.unfold``), built from kh*kw strided slices.
+
+    ``F.unfold`` loops over samples with one parallel region each, which stalls when a multi-threaded run
+    shares its cores; kh*kw whole-batch copies do not.
+    """
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = module.kernel_size, module.stride, module.padding, module.dilation
+    ap = F.pad(a, (pw, pw, ph, ph)) if (ph or pw) else a
+    hp, wp = ap.shape[2], ap.shape[3]
+    ho, wo = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
+    slices = [ap[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+              for i in range(kh) for j in range(kw)]
+    return torch.stack(slices, 2).reshape(a.shape[0], -1, ho * wo)
 
 
 def _sq_norm_of_sum_outer(u: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -111,17 +128,26 @@ class LayerGrads:
         return self.b * self.module.weight.numel() <= MATERIALISE_ELEMENTS
 
     def per_sample_weight_grads(self) -> torch.Tensor:
-        """Conv2d: every sample's weight gradient [B, O, C/g, kh, kw], from one convolution-backward pass in which
-        each sample is its own group (cached)."""
+        """Conv2d: every sample's weight gradient [B, O, C/g, kh, kw] (cached). Small patches (C/g kh kw <=
+        ``SMALL_PATCH``): one batched product of the output gradients with the unfolded patches; larger ones:
+        one convolution-backward pass in which each sample is its own group."""
         if self._g is None:
             m = self.module
             b, groups = self.b, m.groups
-            a = self.a.reshape(1, b * self.a.shape[1], *self.a.shape[2:])
-            d = self.delta.reshape(1, b * self.delta.shape[1], *self.delta.shape[2:])
-            # the weight only gives the shape here: the weight gradient does not read its values
-            w = torch.empty((b * m.out_channels,) + tuple(m.weight.shape[1:]), dtype=a.dtype, device=a.device)
-            g = torch.ops.aten.convolution_backward(d, a, w, None, list(m.stride), list(m.padding), list(m.dilation),
-                                                    False, [0, 0], b * groups, [False, True, False])[1]
+            if m.weight[0].numel() <= SMALL_PATCH:
+                u = unfold_patches(self.a, m)  # [B, C kh kw, P]
+                p = u.shape[-1]
+                u = u.reshape(b * groups, -1, p)
+                d = self.delta.reshape(b * groups, -1, p)
+                g = torch.bmm(d, u.transpose(1, 2))
+            else:
+                a = self.a.reshape(1, b * self.a.shape[1], *self.a.shape[2:])
+                d = self.delta.reshape(1, b * self.delta.shape[1], *self.delta.shape[2:])
+                # the weight only gives the shape here: the weight gradient does not read its values
+                w = torch.empty((b * m.out_channels,) + tuple(m.weight.shape[1:]), dtype=a.dtype, device=a.device)
+                g = torch.ops.aten.convolution_backward(d, a, w, None, list(m.stride), list(m.padding),
+                                                        list(m.dilation), False, [0, 0], b * groups,
+                                                        [False, True, False])[1]
             self._g = g.reshape((b,) + tuple(m.weight.shape))
         return self._g
 
@@ -134,7 +160,7 @@ class LayerGrads:
         """Conv2d: unfolded inputs [B*groups, P, C/g*kh*kw] and deltas [B*groups, P, O/g]."""
         m = self.module
         g = m.groups
-        u = F.unfold(self.a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+        u = unfold_patches(self.a, m)
         p = u.shape[-1]
         u = u.reshape(self.b, g, -1, p).transpose(2, 3).reshape(self.b * g, p, -1)
         d = self.delta.reshape(self.b, g, -1, p).transpose(2, 3).reshape(self.b * g, p, -1)
