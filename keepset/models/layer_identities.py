@@ -12,9 +12,10 @@ T = 1 for a Linear on [B, d], T = H'W' output positions for a Conv2d with ``a_it
     sum_i w_i g_W,i = sum_{i,t} w_i delta_it a_it^T   (the re-weighted gradient: one weight-gradient pass)
 
 Linear layers never form per-sample gradients. A Conv2d layer whose per-sample weight gradients fit in
-``MATERIALISE_ELEMENTS`` (B x weight size; 4.7 M floats for the small CNN's largest conv at batch 256) forms them
-with one convolution-backward pass in which every sample is its own group -- the cost of the batch's
-weight gradient -- and reads the dots, the norms and the weighted sum off them; larger conv layers use
+``MATERIALISE_ELEMENTS`` (B x weight size; 4.7 M floats for the small CNN's largest conv at batch 256)
+forms them in one pass -- about the cost of the batch's weight gradient: a batched product with the
+unfolded patches for small patches, else a convolution-backward in which every sample is its own
+group -- and reads the dots, the norms and the weighted sum off them; larger conv layers use
 the implicit forms above (a convolution with V_W, unfolded patches, a weighted weight-gradient pass).
 
 Because the samples of a batch are independent (no batch-coupling layer such as BatchNorm in training
@@ -120,8 +121,8 @@ class LayerGrads:
         self.materialise = self.is_conv and self._materialise_conv()
 
     def _materialise_conv(self) -> bool:
-        """Whether to form this conv layer's per-sample weight gradients [B, O, C/g, kh, kw] (one grouped
-        weight-gradient pass) and read the dots, norms and weighted sum off them: when they fit in
+        """Whether to form this conv layer's per-sample weight gradients [B, O, C/g, kh, kw] (one pass, see
+        ``per_sample_weight_grads``) and read the dots, norms and weighted sum off them: when they fit in
         ``MATERIALISE_ELEMENTS``. That one pass costs about what the batch's weight gradient costs, whereas
         the implicit forms need a convolution with V for the dots, a weight-gradient pass for the weighted sum
         and, for the norms, unfolded patches. Beyond the bound the implicit forms are used."""
