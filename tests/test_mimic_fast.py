@@ -314,3 +314,19 @@ def test_unfold_patches_equals_torch_unfold(stride, padding, dilation):
     a = torch.randn(4, 3, 9, 8)
     want = F.unfold(a, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
     assert torch.equal(layer_identities.unfold_patches(a, conv), want)
+
+
+def test_in_place_relu_after_a_linear_falls_back_exactly():
+    """An in-place ReLU overwrites the Linear's output: the captured tensor no longer holds z."""
+    torch.manual_seed(4)
+
+    def make():
+        return nn.Sequential(nn.Linear(5, 7), nn.ReLU(inplace=True), nn.Linear(7, 3))
+
+    model, reference = make(), make()
+    x, y = torch.randn(6, 5), torch.arange(6) % 3
+    close(mimic_scores(model, reference, x, y, layers="all", method="cos"),
+          loop_scores(model, reference, x, y, resolve_layers(model, "all"), "cos"))
+    hook = GradMimicHook(reference, layers="all", method="cos")
+    state = _one_step_state(model, hook, x, y)
+    assert state.param_grads is None and state.sample_weights is not None  # the unfused path took over

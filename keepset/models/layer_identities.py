@@ -237,7 +237,8 @@ class LayerGrads:
 class ActivationCapture:
     """Forward hooks keeping the input and output of each watched module at every grad-enabled call.
 
-    ``records[name]`` is the list of (input, output, output version) of the calls since the last ``reset``.
+    ``records[name]`` holds (input, output, their version counters) of the first call since the last
+    ``reset``, and a placeholder for a second call.
     An output that does not require grad (a frozen part of the network) is replaced by a leaf that
     does, so that its output gradient exists.
     """
@@ -248,7 +249,8 @@ class ActivationCapture:
 
     def _hook(self, name: str):
         def hook(module, inputs, output):
-            if not torch.is_grad_enabled() or not torch.is_tensor(output):
+            if (not torch.is_grad_enabled() or not torch.is_tensor(output)
+                    or torch._C._functorch.peek_interpreter_stack() is not None):  # inside vmap / jvp / grad
                 return None
             replaced = None
             if not output.requires_grad:
@@ -256,7 +258,8 @@ class ActivationCapture:
             rec = self.records[name]
             # a second call already rules the module out: keep a placeholder, not its tensors
             if len(rec) < 2:
-                rec.append((inputs[0].detach(), output, output._version) if not rec else None)
+                a = inputs[0].detach()
+                rec.append((a, output, a._version, output._version) if not rec else None)
             return replaced
         return hook
 
@@ -265,13 +268,14 @@ class ActivationCapture:
             r.clear()
 
     def single_calls(self, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{name: (a, z)} for every module called exactly once on a batch of ``batch_size`` and whose output
-        was not modified in place since; other modules are left out (their gradients need the generic path)."""
+        """{name: (a, z)} for every module called exactly once on a batch of ``batch_size`` and whose input and
+        output were not modified in place since; other modules are left out (they need the generic path)."""
         out = {}
         for name, rec in self.records.items():
             if len(rec) == 1:
-                a, z, version = rec[0]
-                if z.shape[0] == batch_size and a.shape[0] == batch_size and z._version == version:
+                a, z, a_version, z_version = rec[0]
+                if (z.shape[0] == batch_size and a.shape[0] == batch_size and a._version == a_version
+                        and z._version == z_version):
                     out[name] = (a, z)
         return out
 
