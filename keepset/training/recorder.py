@@ -46,6 +46,30 @@ class DynamicsRecorder:
             self.step = np.full(shape, -1, np.int32)
         self._batch_sizes: list[int] = []
 
+    @classmethod
+    def open(cls, directory: str | Path) -> "DynamicsRecorder":
+        """Open dynamics recorded to ``directory`` (read-only memory maps)."""
+        d = Path(directory)
+        sizes_file = d / "batch_sizes.json"
+        if not (d / "step.npy").exists() or not sizes_file.exists():
+            raise FileNotFoundError(f"{d} holds no recorded dynamics (step.npy and batch_sizes.json are missing); "
+                                    "record them with DynamicsRecorder(directory=...) and flush()")
+        self = cls.__new__(cls)
+        self.directory = d
+        try:
+            self.step = np.load(d / "step.npy", mmap_mode="r", allow_pickle=False)
+            self.values = {p.stem: np.load(p, mmap_mode="r", allow_pickle=False)
+                           for p in sorted(d.glob("*.npy")) if p.stem != "step"}
+            self._batch_sizes = [int(b) for b in json.loads(sizes_file.read_text())]
+        except ValueError as exc:
+            raise ValueError(f"{d} holds corrupt dynamics files: {exc}") from None
+        for name, arr in self.values.items():
+            if arr.shape != self.step.shape:
+                raise ValueError(f"{d}/{name}.npy has shape {arr.shape} but step.npy has {self.step.shape}")
+        self.epochs, self.n_samples = self.step.shape
+        self.fields = tuple(self.values)
+        return self
+
     def record(self, epoch: int, step: int, indices, **values) -> None:
         """Store ``values[f][i]`` for the samples at positions ``indices`` [B], seen at ``step`` of ``epoch``."""
         idx = _np(indices).astype(np.int64)
