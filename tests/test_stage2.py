@@ -101,3 +101,21 @@ def test_select_top_ties_and_errors():
         select_top(s, 1.5)
     with pytest.raises(ValueError, match="NaN"):
         select_top(np.array([1.0, np.nan]), 0.5)
+
+
+@pytest.mark.parametrize("method", ["threshold", "kmeans", "gmm"])
+def test_streamed_filter_equals_whole_array_binarisation(method, tmp_path):
+    rng = np.random.default_rng(7)
+    n, epochs, bs = 50, 4, 8
+    rec = DynamicsRecorder(n, epochs, ("mimic", "mimic_normed"), directory=tmp_path)
+    step = 0
+    for e in range(epochs):
+        for idx in np.array_split(rng.permutation(n), int(np.ceil(n / bs))):
+            raw = rng.normal(size=len(idx)) + (idx % 3 == 0)
+            rec.record(e, step, idx, mimic=raw, mimic_normed=np.exp(raw) / np.exp(raw).sum())
+            step += 1
+    rec.flush()
+    field = "mimic_normed" if method == "threshold" else "mimic"
+    whole = aggregate_votes(binarize_steps(np.asarray(rec.values[field]), rec.step, method=method,
+                                           batch_sizes=rec.batch_sizes), vote="weighted")
+    assert np.array_equal(stage2_filter(DynamicsRecorder.open(tmp_path), binarize=method, vote="weighted"), whole)

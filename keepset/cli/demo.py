@@ -22,6 +22,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--noise-kind", choices=NOISE_KINDS, default="symmetric")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the noise and training (default 0)")
     p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p.add_argument("--setting", choices=("probe", "finetune"), default="probe",
+                   help="probe: linear heads on the reference's frozen backbone (default, the paper's); "
+                        "finetune: whole networks from one shared initialisation")
+    p.add_argument("--layers", default=None,
+                   help="scored layers in the finetune setting: a name, a module prefix or 'all' (default: all)")
     p.add_argument("--backbone", choices=("auto", "mlp", "cnn"), default="auto",
                    help="reference network (auto: small CNN for images of side >= 28, else MLP)")
     p.add_argument("--epochs", type=int, default=20, help="epochs of head training (default 20)")
@@ -40,7 +45,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from keepset.workflows.demo import DemoConfig, format_summary, run_demo
 
-    cfg = DemoConfig(data=args.data, noise=args.noise, noise_kind=args.noise_kind, seed=args.seed, out=args.out,
+    cfg = DemoConfig(data=args.data, setting=args.setting, layers=args.layers, noise=args.noise, noise_kind=args.noise_kind, seed=args.seed, out=args.out,
                      backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      method=args.method, temperature=args.temperature, binarize=args.binarize, vote=args.vote,
                      overwrite=args.overwrite, progress=not args.quiet)

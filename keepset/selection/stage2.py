@@ -10,6 +10,31 @@ from keepset.selection.topk import select_top
 VOTES = ("majority", "weighted")
 
 
+def _row_weights(n_rows: int, vote: str, weights) -> np.ndarray:
+    if vote not in VOTES:
+        raise ValueError(f"unknown vote {vote!r}; choose one of {VOTES}")
+    if vote == "majority":
+        return np.ones(n_rows)
+    w = np.arange(1, n_rows + 1, dtype=np.float64) if weights is None else np.asarray(weights, np.float64)
+    if w.shape != (n_rows,) or (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError(f"weights must be {n_rows} finite non-negative numbers, one per row")
+    return w
+
+
+def _decide(yes: np.ndarray, total: np.ndarray, unseen: str) -> np.ndarray:
+    never = total == 0
+    if never.any():
+        if unseen == "error":
+            raise ValueError(f"{int(never.sum())} samples were never scored; pass unseen='keep' or 'drop' "
+                             "to decide for them, or record more steps")
+        if unseen not in ("keep", "drop"):
+            raise ValueError(f"unseen must be 'error', 'keep' or 'drop', got {unseen!r}")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        keep = yes / total >= 0.5
+    keep[never] = unseen == "keep"
+    return keep
+
+
 def aggregate_votes(decisions, *, vote: str = "majority", weights=None, unseen: str = "error") -> np.ndarray:
     """One keep mask from per-step decisions.
 
@@ -24,28 +49,8 @@ def aggregate_votes(decisions, *, vote: str = "majority", weights=None, unseen: 
     d = np.asarray(decisions)
     if d.ndim != 2:
         raise ValueError(f"decisions must be [E, N], got shape {d.shape}")
-    if vote not in VOTES:
-        raise ValueError(f"unknown vote {vote!r}; choose one of {VOTES}")
-    if vote == "majority":
-        w = np.ones(d.shape[0])
-    else:
-        w = np.arange(1, d.shape[0] + 1, dtype=np.float64) if weights is None else np.asarray(weights, np.float64)
-        if w.shape != (d.shape[0],) or (w < 0).any() or not np.isfinite(w).all():
-            raise ValueError(f"weights must be {d.shape[0]} finite non-negative numbers, one per row")
-    seen = d >= 0
-    yes = (w[:, None] * (d == 1)).sum(0)
-    total = (w[:, None] * seen).sum(0)
-    never = total == 0
-    if never.any():
-        if unseen == "error":
-            raise ValueError(f"{int(never.sum())} samples were never scored; pass unseen='keep' or 'drop' "
-                             "to decide for them, or record more steps")
-        if unseen not in ("keep", "drop"):
-            raise ValueError(f"unseen must be 'error', 'keep' or 'drop', got {unseen!r}")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        keep = yes / total >= 0.5
-    keep[never] = unseen == "keep"
-    return keep
+    w = _row_weights(d.shape[0], vote, weights)
+    return _decide((w[:, None] * (d == 1)).sum(0), (w[:, None] * (d >= 0)).sum(0), unseen)
 
 
 def estimate_quality(keep) -> float:
@@ -58,7 +63,8 @@ def estimate_quality(keep) -> float:
 
 def stage2_filter(recorder, *, binarize: str = "threshold", vote: str = "majority", weights=None,
                   field: str | None = None, unseen: str = "error") -> np.ndarray:
-    """The Stage 2 keep mask from a ``DynamicsRecorder`` holding "mimic" and "mimic_normed".
+    """The Stage 2 keep mask from a ``DynamicsRecorder`` holding "mimic" and "mimic_normed",
+    streamed one epoch row at a time.
 
     ``threshold`` binarises the normed score against 1/B; ``kmeans`` and ``gmm`` cluster the raw score
     (or ``field`` if given). Returns bool [N].
@@ -67,9 +73,18 @@ def stage2_filter(recorder, *, binarize: str = "threshold", vote: str = "majorit
         field = "mimic_normed" if binarize == "threshold" else "mimic"
     if field not in recorder.values:
         raise ValueError(f"the recorded dynamics have no field {field!r} (have {list(recorder.values)})")
-    decisions = binarize_steps(recorder.values[field], recorder.step, method=binarize,
-                               batch_sizes=recorder.batch_sizes)
-    return aggregate_votes(decisions, vote=vote, weights=weights, unseen=unseen)
+    values, step, sizes = recorder.values[field], recorder.step, recorder.batch_sizes
+    w = _row_weights(values.shape[0], vote, weights)
+    yes = np.zeros(values.shape[1])
+    total = np.zeros(values.shape[1])
+    # every step lies inside one epoch row, so rows are binarised one at a time: a memory-mapped
+    # recording never has to fit in RAM
+    for e in range(values.shape[0]):
+        d = binarize_steps(np.asarray(values[e:e + 1]), np.asarray(step[e:e + 1]), method=binarize,
+                           batch_sizes=sizes)[0]
+        yes += w[e] * (d == 1)
+        total += w[e] * (d >= 0)
+    return _decide(yes, total, unseen)
 
 
 def rank_by_dynamics(recorder, ratio: float, *, how: str = "mean", field: str = "mimic") -> np.ndarray:

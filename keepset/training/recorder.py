@@ -96,22 +96,30 @@ class DynamicsRecorder:
             arr.flush()
         (self.directory / "batch_sizes.json").write_text(json.dumps(self._batch_sizes))
 
+    def _reduce_columns(self, field: str, fn, chunk: int = 1 << 16) -> np.ndarray:
+        if field not in self.values:
+            raise ValueError(f"no recorded field {field!r}; recorded: {list(self.values)}")
+        arr = self.values[field]
+        out = np.empty(self.n_samples, dtype=np.float32)
+        for start in range(0, self.n_samples, chunk):  # column blocks: bounded memory for memory maps
+            out[start:start + chunk] = fn(np.asarray(arr[:, start:start + chunk]))
+        return out
+
     def last(self, field: str) -> np.ndarray:
         """Each sample's most recent recorded value of ``field``: float32 [N] (NaN if never seen)."""
-        arr = np.asarray(self.values[field])
-        seen = ~np.isnan(arr)
-        last_row = np.where(seen.any(0), self.epochs - 1 - np.argmax(seen[::-1], axis=0), 0)
-        out = arr[last_row, np.arange(self.n_samples)]
-        return np.where(seen.any(0), out, np.nan).astype(np.float32)
+        def last_of(block):
+            seen = ~np.isnan(block)
+            row = block.shape[0] - 1 - np.argmax(seen[::-1], axis=0)
+            return np.where(seen.any(0), block[row, np.arange(block.shape[1])], np.nan)
+        return self._reduce_columns(field, last_of)
 
     def mean(self, field: str) -> np.ndarray:
         """Each sample's mean over its recorded values of ``field``: float32 [N] (NaN if never seen)."""
-        arr = np.asarray(self.values[field])
-        seen = ~np.isnan(arr)
-        total = np.where(seen, arr, 0.0).sum(0, dtype=np.float64)
-        count = seen.sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (total / count).astype(np.float32)
+        def mean_of(block):
+            seen = ~np.isnan(block)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(seen, block, 0.0).sum(0, dtype=np.float64) / seen.sum(0)
+        return self._reduce_columns(field, mean_of)
 
 
 def _np(v) -> np.ndarray:
