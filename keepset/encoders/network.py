@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from keepset.data import SampleSet, split_indices
-from keepset.encoders.base import hash_state_dict, positions_of
+from keepset.encoders.base import batches, hash_state_dict, positions_of
 from keepset.models import load_checkpoint, model_for_inputs
 from keepset.training import accuracy, embed, fit
 
@@ -24,11 +24,12 @@ TRUSTED_FRACTIONS = (0.6, 0.15, 0.25)
 class NetworkEncoder:
     """Image encoder: ``encode_images(samples) -> model.features(x)`` float32 [N, d] (batched, eval mode)."""
 
-    def __init__(self, model: nn.Module, *, name: str = "network", batch_size: int = 1024):
+    def __init__(self, model: nn.Module, *, name: str = "network", batch_size: int = 1024, progress: bool = True):
         if not hasattr(model, "features"):
             raise ValueError("the network needs a .features backbone (every keepset network has one)")
         self.model = model.eval()
         self.batch_size = int(batch_size)
+        self.progress = progress
         self.name = name
         self.fingerprint = "net-" + hash_state_dict(model)
 
@@ -38,10 +39,10 @@ class NetworkEncoder:
         return cls(model, name=f"network:{path}", **kwargs)
 
     def encode_images(self, samples: SampleSet, positions=None) -> np.ndarray:
+        """Penultimate-layer features float32 [len(positions), d], in chunks of 8192 (bounded memory)."""
         pos = positions_of(samples, positions)
-        out = []
-        for start in range(0, len(pos), 8192):  # bounded memory for lazily loaded sets
-            out.append(embed(self.model, samples.get_inputs(pos[start:start + 8192]), batch_size=self.batch_size))
+        out = [embed(self.model, samples.get_inputs(pos[a:b]), batch_size=self.batch_size)
+               for a, b in batches(len(pos), 8192, "network features", self.progress and len(pos) > 8192)]
         return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 

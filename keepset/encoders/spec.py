@@ -55,5 +55,5 @@ def load_image_encoder(spec: str | None, samples=None, *, clip_cache: dict | Non
         if samples is None:
             raise ValueError("network:trusted trains on the data's trusted split; pass the samples")
         model, _ = train_trusted_network(samples, epochs=encoder_epochs, seed=seed, progress=progress)
-        return NetworkEncoder(model, name="network:trusted")
-    return NetworkEncoder.from_checkpoint(arg)
+        return NetworkEncoder(model, name="network:trusted", progress=progress)
+    return NetworkEncoder.from_checkpoint(arg, progress=progress)

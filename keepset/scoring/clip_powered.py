@@ -73,12 +73,12 @@ def _image_encoder(spec, samples: SampleSet, cache, clip_cache: dict, seed: int,
     path = Path(cache) / "networks" / f"trusted-{samples.fingerprint()}-{arch}-e{encoder_epochs}-s{seed}.safetensors"
     if path.exists():
         try:
-            return NetworkEncoder(load_checkpoint(path)[0], name="network:trusted")
+            return NetworkEncoder(load_checkpoint(path)[0], name="network:trusted", progress=progress)
         except ValueError:
             pass  # corrupt cache entry: retrain
     model, _ = train_trusted_network(samples, arch=arch, epochs=encoder_epochs, seed=seed, progress=progress)
     save_checkpoint(model, path)
-    return NetworkEncoder(model, name="network:trusted")
+    return NetworkEncoder(model, name="network:trusted", progress=progress)
 
 
 def encoders_for(samples: SampleSet, image_encoder=None, text_encoder=None, *, cache=None, seed: int = 0,
