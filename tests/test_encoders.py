@@ -206,6 +206,12 @@ def test_clip_powered_scorers_end_to_end(tiny_clip, tmp_path):
     adapters = load_adapters(next((tmp_path / "adapters").glob("*.safetensors")))
     raw = sample_diversity_scores(adapters.transform_images(img), labels, 4)
     assert np.allclose(both["sds"], (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-4)
+    captioned = SampleSet(ids=samples.ids, labels=labels, class_names=samples.class_names, inputs=x, name="t",
+                          captions=[f"image number {i}" for i in range(36)])
+    cs_cap = get_scorer("clip-score")(captioned, **opts)["clip_score"]
+    cap = enc.encode_texts(captioned.captions)
+    cap = cap / np.linalg.norm(cap, axis=1, keepdims=True)
+    assert np.allclose(cs_cap, (img / np.linalg.norm(img, axis=1, keepdims=True) * cap).sum(1), atol=1e-4)
     with pytest.raises(ValueError, match="clip-score"):
         get_scorer("clip-score")(samples, progress=False, no_cache=True)
 
@@ -230,8 +236,8 @@ def test_default_trusted_network_pipeline_detects_noise_and_cli(tiny_clip, tmp_p
     corrupted = np.zeros(len(digits), dtype=bool)
     corrupted[others] = corrupted_others
     samples = digits.with_labels(noisy)
-    sas = get_scorer("sas")(samples, text_encoder=f"clip:{tiny_clip}", adapter_epochs=20, adapter_lr=1e-3, adapter_dim=32,
-                            encoder_epochs=20, cache_dir=str(tmp_path / "cache"), progress=False)["sas"]
+    sas = get_scorer("sas")(samples, text_encoder=f"clip:{tiny_clip}", adapter_epochs=20, adapter_lr=1e-3,
+                            adapter_dim=32, encoder_epochs=20, cache_dir=str(tmp_path / "cache"), progress=False)["sas"]
     auroc = roc_auc_score(corrupted, -sas)
     assert auroc > 0.85, auroc
 

@@ -120,9 +120,9 @@ def clip_select(sas, sds, ratio: float, *, lam: float = DEFAULT_LAM, beta: float
 
 
 def optimise_selection(s, g, k: int, *, lam: float = DEFAULT_LAM, beta: float = DEFAULT_BETA,
-                       steps: int = 100_000, lr: float = 1e-3, momentum: float = 0.9, check_every: int = 50, patience: int = 2000,
-                       tol: float = 1e-7, restore_best: bool = True, progress: bool = False,
-                       device=None) -> tuple[np.ndarray, dict]:
+                       steps: int = 100_000, lr: float = 1e-3, momentum: float = 0.9, check_every: int = 50,
+                       patience: int = 2000, tol: float = 1e-7, restore_best: bool = True,
+                       progress: bool = False, device=None) -> tuple[np.ndarray, dict]:
     """The faithful optimiser over mean-normalised scores ``s = sas/mean(sas)``, ``g = sds/mean(sds)`` [N].
 
     ``w`` starts at 0 (every x = 0.5, undecided; any common start gives the same ordering). Each step
