@@ -13,13 +13,12 @@ from keepset.encoders import (
 )
 from keepset.models import MLP, save_checkpoint
 
-transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install keepset[all])")
-
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A random 1-layer CLIP (16-px images, 16-d projection) with a character-level BPE tokenizer, saved
     with save_pretrained like any CLIP checkpoint."""
+    pytest.importorskip("transformers", reason="transformers is not installed (pip install keepset[all])")
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     d = tmp_path_factory.mktemp("tinyclip")

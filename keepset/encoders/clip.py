@@ -62,8 +62,6 @@ class CLIPEncoder:
 
     def __init__(self, path_or_name: str, *, device=None, batch_size: int = 256, local_files_only: bool = True,
                  progress: bool = True):
-        from transformers import AutoTokenizer, CLIPModel
-
         self.source = str(path_or_name)
         path = Path(self.source).expanduser()
         looks_local = path.exists() or self.source.startswith((".", "/", "~"))
@@ -71,6 +69,10 @@ class CLIPEncoder:
             raise FileNotFoundError(f"no CLIP model at {path}: expected a directory written by "
                                     "CLIPModel.save_pretrained (with config.json and the weights)")
         src = str(path) if looks_local else self.source
+        try:
+            from transformers import AutoTokenizer, CLIPModel
+        except ImportError:
+            raise ImportError("CLIP encoders need the transformers package (pip install transformers)") from None
         try:
             self.model = CLIPModel.from_pretrained(src, local_files_only=local_files_only)
             self.tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local_files_only)
