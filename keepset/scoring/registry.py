@@ -15,6 +15,10 @@ SCORERS: dict[str, tuple[str, str, str]] = {
     "cos": ("keepset.scoring.mimic", "score_mimic", "Mimic Score, cosine with theta_ref - theta"),
     "normed_proj": ("keepset.scoring.mimic", "score_mimic", "softmax(proj / tau) over each batch"),
     "normed_cos": ("keepset.scoring.mimic", "score_mimic", "softmax(cos / tau) over each batch"),
+    "sas": ("keepset.scoring.clip_powered", "score_sas", "CLIP-powered semantic alignment (adapted image vs label prompt)"),
+    "sds": ("keepset.scoring.clip_powered", "score_sds", "CLIP-powered diversity: mean distance to K-1 same-label neighbours"),
+    "clip-powered": ("keepset.scoring.clip_powered", "score_clip_powered", "sas and sds columns in one pass"),
+    "clip-score": ("keepset.scoring.clip_powered", "score_clip_score", "DataComp CLIP score: cos(image, caption or prompt)"),
 }
 
 

@@ -14,6 +14,7 @@ SELECTORS: dict[str, tuple[str, str, str]] = {
             "keep the top --ratio of --column (--lowest for the bottom)"),
     "stage2": ("keepset.selection.table_selectors", "select_stage2",
                "Grad-Mimic Stage 2 filter from recorded dynamics (--dynamics DIR)"),
+    "clip-powered": ("keepset.selection.clip_select", "select_clip_powered", "CLIP-powered multi-objective selection from sas and sds"),
 }
 
 
