@@ -24,19 +24,22 @@ def _cleanlab():
     return cleanlab
 
 
-def out_of_sample_probs(features, labels, *, n_folds: int = 5, seed: int = 0, C: float = 1.0,
-                        max_iter: int = 200) -> np.ndarray:
+def out_of_sample_probs(features, labels, *, n_folds: int = 5, seed: int = 0, epochs: int = 10,
+                        batch_size: int = 256, lr: float = 0.1, weight_decay: float = 1e-4) -> np.ndarray:
     """k-fold out-of-sample predicted probabilities: features float [N, d], labels int [N] -> float [N, K].
 
-    Each fold's probabilities come from a logistic regression (standardised features) trained on
-    the other folds; stratified folds drawn from ``seed``.
+    Each fold's probabilities come from a multinomial logistic regression (a linear layer on
+    features standardised with the other folds' statistics, trained with SGD by ``keepset.training.fit``)
+    fitted on the other folds; stratified folds drawn from ``seed``. (scikit-learn's
+    LogisticRegression gives the same kind of model but is ~30x slower on 36k x 128 features.)
     """
-    from sklearn.linear_model import LogisticRegression
+    import torch
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    x = np.asarray(features, dtype=np.float64)
+    from keepset.models import LinearProbe
+    from keepset.training import fit, predict_logits
+
+    x = np.asarray(features, dtype=np.float32)
     if x.ndim != 2 or not np.isfinite(x).all():
         raise ValueError(f"features must be a finite [N, d] array, got shape {x.shape}")
     y = check_labels(labels)
@@ -50,10 +53,13 @@ def out_of_sample_probs(features, labels, *, n_folds: int = 5, seed: int = 0, C:
     if folds < 2:
         raise ValueError("every class needs at least 2 samples for out-of-sample probabilities")
     probs = np.zeros((len(y), k))
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
-        clf.fit(x[train], y[train])
-        probs[np.ix_(test, clf[-1].classes_)] = clf.predict_proba(x[test])
+    for f, (train, test) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y)):
+        mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+        torch.manual_seed(seed * 1000 + f)
+        clf = LinearProbe(x.shape[1], k)
+        fit(clf, (x[train] - mu) / sd, y[train], epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9,
+            weight_decay=weight_decay, seed=seed + f, progress=False)
+        probs[test] = torch.softmax(predict_logits(clf, (x[test] - mu) / sd), dim=1).double().numpy()
     return probs
 
 
