@@ -51,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
     p.add_argument("--head-lr", type=float, default=0.1, help="SGD learning rate of the proxy linear head")
     p.add_argument("--early-epochs", type=int, default=2, help="EL2N: mean over the first proxy epochs")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="use a stratified subset of this many samples (seed 0) before splitting; default all")
     p.add_argument("--ccs-cutoff", type=float, default=0.1, help="CCS: fraction of hardest samples dropped")
     p.add_argument("--out", default=None, help="output folder (default out/bench/pruning-DATA-MODEL)")
     p.add_argument("--restart", action="store_true", help="discard results of another configuration")
@@ -68,8 +70,20 @@ def _resolve_defaults(args) -> None:
 
 def _config(args) -> dict:
     keys = ("data", "model", "ratios", "noise", "methods", "epochs", "ref_epochs", "head_epochs", "batch_size",
-            "lr", "head_lr", "early_epochs", "ccs_cutoff")
+            "lr", "head_lr", "early_epochs", "ccs_cutoff", "max_samples")
     return {k: getattr(args, k) for k in keys}
+
+
+def subsample(samples, max_samples: int | None):
+    """A stratified subset of ``max_samples`` samples (seed 0), or ``samples`` itself."""
+    if max_samples is None or max_samples >= len(samples):
+        return samples
+    from keepset.data import split_indices
+
+    frac = max_samples / len(samples)
+    if not 0 < frac < 1:
+        raise ValueError(f"--max-samples must be a positive count, got {max_samples}")
+    return samples.subset(split_indices(samples.labels, (frac, 1 - frac), seed=0)[0])
 
 
 def select(method: str, ratio: float, ctx: dict, *, seed: int, ccs_cutoff: float) -> np.ndarray:
@@ -134,7 +148,7 @@ def run(args) -> int:
 
     _resolve_defaults(args)
     out = Path(args.out or f"out/bench/pruning-{args.data.replace(':', '_').replace('/', '_')}-{args.model}")
-    samples = load_spec(args.data)
+    samples = subsample(load_spec(args.data), args.max_samples)
     store = ResultStore(out / "results.json", _config(args), restart=args.restart)
     cells = []
     for s in range(args.seeds):
@@ -208,7 +222,8 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
     ratios = sorted({r["ratio"] for r in recs if isinstance(r["ratio"], float) and r["ratio"] < 1})
     methods = [m for m in METHODS if any(r["method"] == m for r in recs)]
     steps = sorted({r["steps"] for r in recs})
-    text = [f"# Train-on-subset accuracy: {cfg['data']}, {cfg['model']}\n",
+    sub = f" (stratified subset of {cfg['max_samples']} samples)" if cfg.get("max_samples") else ""
+    text = [f"# Train-on-subset accuracy: {cfg['data']}{sub}, {cfg['model']}\n",
             f"Seeds: {seeds}. Every run: {cfg['epochs']} epochs' worth of SGD steps over the full train split "
             f"(steps per run: {steps[0]}–{steps[-1]}), batch {cfg['batch_size']}, lr {cfg['lr']}, momentum 0.9. "
             "Test accuracy on the clean test split, mean ± std over seeds. Symmetric label noise.\n"]
