@@ -46,6 +46,30 @@ class DynamicsRecorder:
             self.step = np.full(shape, -1, np.int32)
         self._batch_sizes: list[int] = []
 
+    @classmethod
+    def open(cls, directory: str | Path) -> "DynamicsRecorder":
+        """Open dynamics recorded to ``directory`` (read-only memory maps)."""
+        d = Path(directory)
+        sizes_file = d / "batch_sizes.json"
+        if not (d / "step.npy").exists() or not sizes_file.exists():
+            raise FileNotFoundError(f"{d} holds no recorded dynamics (step.npy and batch_sizes.json are missing); "
+                                    "record them with DynamicsRecorder(directory=...) and flush()")
+        self = cls.__new__(cls)
+        self.directory = d
+        try:
+            self.step = np.load(d / "step.npy", mmap_mode="r", allow_pickle=False)
+            self.values = {p.stem: np.load(p, mmap_mode="r", allow_pickle=False)
+                           for p in sorted(d.glob("*.npy")) if p.stem != "step"}
+            self._batch_sizes = [int(b) for b in json.loads(sizes_file.read_text())]
+        except ValueError as exc:
+            raise ValueError(f"{d} holds corrupt dynamics files: {exc}") from None
+        for name, arr in self.values.items():
+            if arr.shape != self.step.shape:
+                raise ValueError(f"{d}/{name}.npy has shape {arr.shape} but step.npy has {self.step.shape}")
+        self.epochs, self.n_samples = self.step.shape
+        self.fields = tuple(self.values)
+        return self
+
     def record(self, epoch: int, step: int, indices, **values) -> None:
         """Store ``values[f][i]`` for the samples at positions ``indices`` [B], seen at ``step`` of ``epoch``."""
         idx = _np(indices).astype(np.int64)
@@ -72,22 +96,30 @@ class DynamicsRecorder:
             arr.flush()
         (self.directory / "batch_sizes.json").write_text(json.dumps(self._batch_sizes))
 
+    def _reduce_columns(self, field: str, fn, chunk: int = 1 << 16) -> np.ndarray:
+        if field not in self.values:
+            raise ValueError(f"no recorded field {field!r}; recorded: {list(self.values)}")
+        arr = self.values[field]
+        out = np.empty(self.n_samples, dtype=np.float32)
+        for start in range(0, self.n_samples, chunk):  # column blocks: bounded memory for memory maps
+            out[start:start + chunk] = fn(np.asarray(arr[:, start:start + chunk]))
+        return out
+
     def last(self, field: str) -> np.ndarray:
         """Each sample's most recent recorded value of ``field``: float32 [N] (NaN if never seen)."""
-        arr = np.asarray(self.values[field])
-        seen = ~np.isnan(arr)
-        last_row = np.where(seen.any(0), self.epochs - 1 - np.argmax(seen[::-1], axis=0), 0)
-        out = arr[last_row, np.arange(self.n_samples)]
-        return np.where(seen.any(0), out, np.nan).astype(np.float32)
+        def last_of(block):
+            seen = ~np.isnan(block)
+            row = block.shape[0] - 1 - np.argmax(seen[::-1], axis=0)
+            return np.where(seen.any(0), block[row, np.arange(block.shape[1])], np.nan)
+        return self._reduce_columns(field, last_of)
 
     def mean(self, field: str) -> np.ndarray:
         """Each sample's mean over its recorded values of ``field``: float32 [N] (NaN if never seen)."""
-        arr = np.asarray(self.values[field])
-        seen = ~np.isnan(arr)
-        total = np.where(seen, arr, 0.0).sum(0, dtype=np.float64)
-        count = seen.sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return (total / count).astype(np.float32)
+        def mean_of(block):
+            seen = ~np.isnan(block)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(seen, block, 0.0).sum(0, dtype=np.float64) / seen.sum(0)
+        return self._reduce_columns(field, mean_of)
 
 
 def _np(v) -> np.ndarray:

@@ -1,0 +1,59 @@
+"""``keepset select``: a score table in, a keep list (ids of the kept samples) out."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from keepset.selection.registry import SELECTORS, get_selector, selector_modules
+
+EXAMPLES = """examples:
+  keepset select --scores out/demo/scores.parquet --method top --column mimic_mean --ratio 0.6 --out keep.npy
+  keepset select --scores out/demo/scores.parquet --method stage2 --dynamics out/demo/dynamics/gradmimic --out keep.npy
+"""
+
+
+def add_parser(subparsers) -> None:
+    methods = "\n".join(f"  {k:<14} {v[2]}" for k, v in sorted(SELECTORS.items()))
+    p = subparsers.add_parser("select", help="turn a score table into a keep list",
+                              description=f"{__doc__}\n\nmethods:\n{methods}", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scores", required=True, help="score table (.parquet) from keepset score or keepset demo")
+    p.add_argument("--method", required=True, choices=sorted(SELECTORS), metavar="METHOD")
+    p.add_argument("--ratio", type=float, default=None, help="fraction of samples to keep, in (0, 1]")
+    p.add_argument("--out", required=True, help="keep list (.npy of kept ids)")
+    p.add_argument("--format", choices=("ids", "datacomp"), default="ids",
+                   help="ids: the table's ids; datacomp: 128-bit hex uids as sorted u8,u8 pairs")
+    p.add_argument("--seed", type=int, default=0, help="seed of randomised selectors")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    for module in selector_modules():
+        mod = importlib.import_module(module)
+        if hasattr(mod, "add_arguments"):
+            try:
+                mod.add_arguments(p)
+            except argparse.ArgumentError:
+                pass  # a flag another selector already declared
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from keepset.io import check_writable, read_score_table, uids_to_datacomp, write_keep_list, write_manifest
+
+    check_writable(args.out, args.overwrite)
+    table = read_score_table(args.scores)
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "scores", "out", "method")}
+    keep = np.asarray(get_selector(args.method)(table, **options))
+    if keep.dtype != np.bool_ or keep.shape != table["id"].shape:
+        raise ValueError(f"selector {args.method} returned a mask of shape {keep.shape}, dtype {keep.dtype}")
+    kept_ids = table["id"][keep]
+    if args.format == "datacomp":
+        kept_ids = uids_to_datacomp(kept_ids)
+    write_keep_list(args.out, kept_ids, overwrite=args.overwrite)
+    params = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    write_manifest(f"{args.out}.manifest.json", method=args.method, params=params,
+                   data={"scores": str(args.scores), "n": int(len(keep))},
+                   outputs={"keep": str(args.out), "kept": int(keep.sum())}, overwrite=args.overwrite)
+    print(f"kept {int(keep.sum())} of {len(keep)} samples ({keep.mean():.1%}) -> {args.out}")
+    return 0

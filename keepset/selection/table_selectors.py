@@ -1,0 +1,48 @@
+"""Selectors over a score table (the ``keepset select`` methods ``top`` and ``stage2``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keepset.selection.stage2 import stage2_filter
+from keepset.selection.topk import select_top
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("top / stage2")
+    g.add_argument("--column", help="score column to rank by (method top)")
+    g.add_argument("--lowest", action="store_true", help="keep the lowest scores instead of the highest")
+    g.add_argument("--dynamics", help="folder of recorded dynamics (method stage2), e.g. out/demo/dynamics/gradmimic")
+    g.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold")
+    g.add_argument("--vote", choices=("majority", "weighted"), default="majority")
+
+
+def _column(table: dict, column: str | None) -> np.ndarray:
+    if not column:
+        raise ValueError(f"give --column, one of: {', '.join(c for c in table if c not in ('id', 'label'))}")
+    if column not in table:
+        raise ValueError(f"the score table has no column {column!r}; it has: {', '.join(table)}")
+    return table[column]
+
+
+def select_top_column(table: dict, *, ratio=None, column=None, lowest: bool = False, **_) -> np.ndarray:
+    """Keep the top (or, with ``lowest``, bottom) ``ratio`` of ``table[column]``."""
+    if ratio is None:
+        raise ValueError("method top needs --ratio")
+    return select_top(_column(table, column), ratio, largest=not lowest)
+
+
+def select_stage2(table: dict, *, dynamics=None, binarize: str = "threshold", vote: str = "majority",
+                  ratio=None, **_) -> np.ndarray:
+    """The Grad-Mimic Stage 2 filter from recorded dynamics whose rows match the table's rows."""
+    from keepset.training.recorder import DynamicsRecorder
+
+    if not dynamics:
+        raise ValueError("method stage2 needs --dynamics DIR (a folder written by the demo or a DynamicsRecorder)")
+    if ratio is not None:
+        raise ValueError("the stage2 filter decides how many to keep itself; drop --ratio "
+                         "(or use --method top --column mimic_mean --ratio R)")
+    rec = DynamicsRecorder.open(dynamics)
+    if rec.n_samples != len(table["id"]):
+        raise ValueError(f"{dynamics} records {rec.n_samples} samples but the score table has {len(table['id'])} rows")
+    return stage2_filter(rec, binarize=binarize, vote=vote)

@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+
+from keepset.evaluation import auroc, detection_metrics
+from keepset.io import (
+    OutputExistsError, datacomp_to_uids, read_keep_list, read_score_table, uids_to_datacomp, write_keep_list,
+    write_score_table,
+)
+
+
+def test_auroc_matches_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    s = rng.integers(0, 5, 300).astype(float)
+    y = rng.random(300) < 0.3
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(auroc(s, np.zeros(300, bool)))
+
+
+def test_detection_metrics_by_hand():
+    m = detection_metrics(np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 1, 0, 1], bool))
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert detection_metrics(np.zeros(3, bool), np.ones(3, bool))["f1"] == 0.0
+
+
+def test_score_table_roundtrip_and_no_silent_overwrite(tmp_path):
+    p = tmp_path / "s.parquet"
+    write_score_table(p, np.array([5, 6, 7]), [0, 1, 0], {"a": np.array([0.1, 0.2, 0.3]), "k": np.array([1, 0, 1], bool)})
+    t = read_score_table(p)
+    assert t["id"].tolist() == [5, 6, 7] and t["a"].tolist() == pytest.approx([0.1, 0.2, 0.3])
+    before = p.read_bytes()
+    with pytest.raises(OutputExistsError):
+        write_score_table(p, [1], [0], {"a": np.array([1.0])})
+    with pytest.raises(ValueError, match="shape"):
+        write_score_table(tmp_path / "bad.parquet", [1, 2], [0, 1], {"a": np.array([1.0])}, overwrite=True)
+    assert p.read_bytes() == before and not (tmp_path / "bad.parquet").exists()
+    assert [f.name for f in tmp_path.iterdir()] == ["s.parquet"]  # no temp files left behind
+    (tmp_path / "corrupt.parquet").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="parquet"):
+        read_score_table(tmp_path / "corrupt.parquet")
+
+
+def test_keep_lists_and_datacomp_uids(tmp_path):
+    write_keep_list(tmp_path / "k.npy", np.array(["a/1.png", "b/2.png"]))
+    assert read_keep_list(tmp_path / "k.npy").tolist() == ["a/1.png", "b/2.png"]
+    uids = ["ffffffffffffffff0000000000000001", "00000000000000010000000000000002"]
+    pairs = uids_to_datacomp(uids)
+    assert pairs.dtype == np.dtype("u8,u8")
+    assert pairs[0][0] == 1 and pairs[0][1] == 2  # sorted
+    assert sorted(datacomp_to_uids(pairs)) == sorted(uids)
+    with pytest.raises(ValueError, match="32 hex"):
+        uids_to_datacomp(["xyz"])
