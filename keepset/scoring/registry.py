@@ -15,6 +15,8 @@ SCORERS: dict[str, tuple[str, str, str]] = {
     "cos": ("keepset.scoring.mimic", "score_mimic", "Mimic Score, cosine with theta_ref - theta"),
     "normed_proj": ("keepset.scoring.mimic", "score_mimic", "softmax(proj / tau) over each batch"),
     "normed_cos": ("keepset.scoring.mimic", "score_mimic", "softmax(cos / tau) over each batch"),
+    "dynamics": ("keepset.scoring.dynamics_scorer", "score_dynamics",
+                 "training dynamics: loss, el2n, grand, forgetting, aum, entropy, margin, least_confidence"),
 }
 
 

@@ -25,10 +25,8 @@ def _add(parser, *flags, **kwargs) -> None:
 
 
 def add_arguments(parser) -> None:
-    _add(parser, "--ratio", type=float, default=None, help="fraction of samples to keep, in (0, 1]")
-    _add(parser, "--column", default=None, help="score column of the table")
-    _add(parser, "--lowest", action="store_true", help="keep the lowest scores instead of the highest")
-    _add(parser, "--seed", type=int, default=0, help="seed of randomised selectors")
+    """Flags of these selectors; --ratio, --seed (keepset select) and --column, --lowest (the ``top``
+    selector's module) are shared and declared there."""
     _add(parser, "--balanced", action="store_true", help="random: keep the same ratio of every class")
     _add(parser, "--hard-cutoff", dest="hard_cutoff", type=float, default=0.0,
          help="ccs: fraction of hardest samples dropped first (beta)")
