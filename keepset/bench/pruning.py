@@ -74,6 +74,13 @@ def _config(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def selection_seed(seed: int) -> int:
+    """Seed of the randomised selectors, decorrelated from the label-noise seed: with the same seed,
+    ``rng.choice`` in the noise and in random selection would draw the same samples (random
+    selection would then keep exactly the corrupted ones)."""
+    return int(np.random.SeedSequence([int(seed), 0x5E1EC7]).generate_state(1)[0])
+
+
 def subsample(samples, max_samples: int | None):
     """A stratified subset of ``max_samples`` samples (seed 0), or ``samples`` itself."""
     if max_samples is None or max_samples >= len(samples):
@@ -187,7 +194,8 @@ def run(args) -> int:
                                 "scores": dynamics_scores(prun.dynamics.values, args.early_epochs)}
         if method == "kcenter" and "kcenter_order" not in ctx_seed:
             top = n_to_keep(len(labels), max(args.ratios))
-            ctx_seed["kcenter_order"] = k_center_order(ctx_seed["ref"].train_features, top, seed=seed)
+            ctx_seed["kcenter_order"] = k_center_order(ctx_seed["ref"].train_features, top,
+                                                       seed=selection_seed(seed))
         if method == "full":
             mask = np.ones(len(labels), dtype=bool)
         elif method == "stage2":
@@ -199,7 +207,7 @@ def run(args) -> int:
             ctx["kcenter_order"] = ctx_seed.get("kcenter_order")
             if method == "moderate":
                 ctx["features"] = ctx_seed["ref"].train_features
-            mask = select(method, ratio, ctx, seed=seed, ccs_cutoff=args.ccs_cutoff)
+            mask = select(method, ratio, ctx, seed=selection_seed(seed), ccs_cutoff=args.ccs_cutoff)
         res = train_subset(samples, split, labels, mask, args, seed)
         res["kept_corrupted_fraction"] = float(corrupted[mask].mean()) if mask.any() else 0.0
         store.put(key(cell), {"seed": seed, "noise": noise, "method": method, "ratio": ratio, **res})
