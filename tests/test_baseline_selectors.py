@@ -75,20 +75,24 @@ def test_ccs_covers_sparse_regions():
 
 
 def test_moderate_ds_on_hand_made_points():
-    # class 0 centred at the origin: distances 1, 2, 3, 4, 5 (median 3); class 1 far away at x=100
-    pts0 = np.array([[1, 0], [0, 2], [-3, 0], [0, -4], [5, 0]], dtype=float)
-    pts0 = pts0 - pts0.mean(0)  # keep the class centre at the mean
-    d0 = np.linalg.norm(pts0, axis=1)
-    pts1 = np.array([[100, 0], [101, 0], [104, 0]], dtype=float)  # centre 101.667: distances 1.667, 0.667, 2.333
+    # class 0 around the origin: coordinate-wise median of its 5 points is (0, 0)
+    pts0 = np.array([[1, 0], [0, 2], [-3, 0], [0, -4], [5, 0]], dtype=float)  # distances 1, 2, 3, 4, 5
+    # class 1: median (101, 0) -> distances 1, 0, 3
+    pts1 = np.array([[100, 0], [101, 0], [104, 0]], dtype=float)
     x = np.vstack([pts0, pts1])
     y = np.array([0] * 5 + [1] * 3)
-    np.testing.assert_allclose(class_centre_distances(x, y)[:5], d0)
-    np.testing.assert_allclose(class_centre_distances(x, y)[5:], [5 / 3, 2 / 3, 7 / 3])
+    d = class_centre_distances(x, y)
+    np.testing.assert_allclose(d, [1, 2, 3, 4, 5, 1, 0, 3])
+    np.testing.assert_allclose(class_centre_distances(x, y, centre="mean")[5:], [5 / 3, 2 / 3, 7 / 3])
+    # global ranking (stable): 6(0) 0(1) 5(1) 1(2) 2(3) 7(3) 3(4) 4(5); k=4 keeps ranks 2..5
+    keep = moderate_ds(x, y, 0.5)
+    assert np.flatnonzero(keep).tolist() == sorted([5, 1, 2, 7])
+    # k=2 keeps ranks 3..4: samples 1 and 2
+    assert np.flatnonzero(moderate_ds(x, y, 0.25)).tolist() == [1, 2]
     s = moderate_scores(x, y)
-    np.testing.assert_allclose(s[:5], -np.abs(d0 - np.median(d0)))
-    np.testing.assert_allclose(s[5:], -np.abs(np.array([5 / 3, 2 / 3, 7 / 3]) - 5 / 3))
-    keep = moderate_ds(x, y, 0.25)
-    assert keep.sum() == 2 and keep[5]  # the class-1 median sample has score 0
+    assert set(np.argsort(-s, kind="stable")[:2].tolist()) == {1, 2}
+    with pytest.raises(ValueError, match="centre"):
+        class_centre_distances(x, y, centre="mode")
 
 
 def _greedy_loop(x, k, first):
