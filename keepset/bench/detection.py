@@ -39,7 +39,8 @@ METRICS = ("precision", "recall", "f1", "auroc", "quality_est", "quality_err")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", help="data spec (digits, fashion-mnist, ...)")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="reference network")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="number of seeds (0, 1, ...); rerunning with more seeds adds them to finished results")
     p.add_argument("--kinds", nargs="+", default=["symmetric", "asymmetric"], choices=("symmetric", "asymmetric"))
     p.add_argument("--rates", nargs="+", type=float, default=[0.2, 0.4, 0.6])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

@@ -38,7 +38,8 @@ METHODS = ("random", "mimic", "stage2", "el2n", "forgetting", "aum", "ccs", "mod
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", help="data spec (digits, fashion-mnist, ...)")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="network trained on each subset")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="number of seeds (0, 1, ...); rerunning with more seeds adds them to finished results")
     p.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
     p.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.4], help="symmetric label-noise rates")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
