@@ -10,6 +10,7 @@ linear head on its frozen features of the train split, recorded with Grad-Mimic 
 hook) on the labels of the cell (clean or noisy). Methods and what they keep:
   random      uniform random
   mimic       highest mean Mimic Score (Grad-Mimic)
+  mimic_balanced  highest mean Mimic Score inside every (given) class, class quotas kept
   stage2      Grad-Mimic Stage 2 filter at its OWN ratio (reported once per noise level, ratio "auto")
   el2n        highest EL2N (hardest; Paul et al.)
   forgetting  most forgetting events (Toneva et al.)
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("random", "mimic", "stage2", "el2n", "forgetting", "aum", "ccs", "moderate", "kcenter")
+METHODS = ("random", "mimic", "mimic_balanced", "stage2", "el2n", "forgetting", "aum", "ccs", "moderate", "kcenter")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -106,6 +107,10 @@ def select(method: str, ratio: float, ctx: dict, *, seed: int, ccs_cutoff: float
         return select_random(n, ratio, seed)
     if method == "mimic":
         return select_top(ctx["mimic"], ratio)
+    if method == "mimic_balanced":
+        from keepset.selection.baselines import select_class_balanced
+
+        return select_class_balanced(ctx["mimic"], ctx["labels"], ratio)
     if method in ("el2n", "forgetting", "aum"):
         return select_top(ctx["scores"][method], ratio)
     if method == "ccs":
