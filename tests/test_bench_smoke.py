@@ -74,3 +74,12 @@ def test_result_store_atomic_and_config_checked(tmp_path):
     with pytest.raises(ValueError, match="not a readable"):
         ResultStore(path, {"a": 1})
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_online_comparison_tiny_run(capsys):
+    from keepset.bench import online
+
+    assert online.main(["--seeds", "1", "--epochs", "2", "--ref-epochs", "5"]) == 0
+    out = capsys.readouterr().out
+    for m in online.METHODS:
+        assert f"| {m} |" in out
