@@ -99,7 +99,7 @@ def detect(run, methods, *, early_epochs: int, folds: int, features, seed: int) 
             from keepset.scoring.peers import cleanlab_label_issues, out_of_sample_probs
 
             probs = out_of_sample_probs(features, run.labels, n_folds=folds, seed=seed)
-            flags, quality = cleanlab_label_issues(run.labels, probs, seed=seed)
+            flags, quality = cleanlab_label_issues(run.labels, probs)
             suspicion = -quality
         else:
             raise ValueError(f"unknown detection method {m!r}; choose from {METHODS}")

@@ -63,11 +63,11 @@ def out_of_sample_probs(features, labels, *, n_folds: int = 5, seed: int = 0, ep
     return probs
 
 
-def cleanlab_label_issues(labels, pred_probs, *, filter_by: str = "prune_by_noise_rate",
-                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def cleanlab_label_issues(labels, pred_probs, *, filter_by: str = "prune_by_noise_rate"
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab's flags and label-quality scores.
 
-    labels int [N], pred_probs float [N, K] out-of-sample probabilities.
+    labels int [N], pred_probs float [N, K] out-of-sample probabilities; deterministic.
     Returns (issues bool [N], quality float [N]; low quality = likely mislabelled).
     """
     cl = _cleanlab()
@@ -75,7 +75,6 @@ def cleanlab_label_issues(labels, pred_probs, *, filter_by: str = "prune_by_nois
     y = check_labels(labels, p.shape[1] if p.ndim == 2 else None)
     if p.ndim != 2 or len(p) != len(y):
         raise ValueError(f"pred_probs must be [N, K] with N = {len(y)}, got {p.shape}")
-    np.random.seed(seed)  # cleanlab draws from numpy's global generator in some paths
     issues = cl.filter.find_label_issues(labels=y, pred_probs=p, filter_by=filter_by)
     quality = cl.rank.get_label_quality_scores(y, p, method="self_confidence")
     return np.asarray(issues, dtype=bool), np.asarray(quality, dtype=np.float64)
