@@ -14,7 +14,8 @@ pytest.importorskip("matplotlib")
 def test_detection_tiny_run_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "det"
     argv = ["--seeds", "1", "--kinds", "symmetric", "--rates", "0.4", "--ref-epochs", "15", "--head-epochs", "4",
-            "--methods", "stage2", "mimic", "loss", "aum", "cleanlab", "--folds", "3", "--out", str(out), "--no-progress"]
+            "--methods", "stage2", "mimic", "loss", "aum", "cleanlab", "--folds", "3",
+            "--out", str(out), "--no-progress"]
     assert detection.main(argv) == 0
     doc = json.loads((out / "results.json").read_text())
     (cell,) = doc["cells"].values()
