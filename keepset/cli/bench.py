@@ -10,6 +10,9 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "clip-select": ("keepset.bench.clip_select", "exact vs faithful CLIP-powered selection"),
     "detection": ("keepset.bench.detection", "mislabel detection by every method, noise kinds and rates"),
     "pruning": ("keepset.bench.pruning", "train-on-subset accuracy by every method and ratio"),
+    "online": ("keepset.bench.online", "online re-weighting: SGD vs Grad-Mimic vs RHO-loss vs GraNd"),
+    "sas-detection": ("keepset.bench.sas_detection", "SAS alone as a mislabel detector"),
+    "sds-knn": ("keepset.bench.sds_knn", "time of the exact same-label kNN behind SDS at scale"),
 }
 
 

@@ -19,6 +19,8 @@ SCORERS: dict[str, tuple[str, str, str]] = {
     "sds": ("keepset.scoring.clip_powered", "score_sds", "CLIP-powered diversity: mean distance to K-1 same-label neighbours"),
     "clip-powered": ("keepset.scoring.clip_powered", "score_clip_powered", "sas and sds columns in one pass"),
     "clip-score": ("keepset.scoring.clip_powered", "score_clip_score", "DataComp CLIP score: cos(image, caption or prompt)"),
+    "dynamics": ("keepset.scoring.dynamics_scorer", "score_dynamics",
+                 "training dynamics: loss, el2n, grand, forgetting, aum, entropy, margin, least_confidence"),
 }
 
 

@@ -15,6 +15,18 @@ SELECTORS: dict[str, tuple[str, str, str]] = {
     "stage2": ("keepset.selection.table_selectors", "select_stage2",
                "Grad-Mimic Stage 2 filter from recorded dynamics (--dynamics DIR)"),
     "clip-powered": ("keepset.selection.clip_select", "select_clip_powered", "CLIP-powered multi-objective selection from sas and sds"),
+    "random": ("keepset.selection.baseline_selectors", "select_random_table",
+               "uniform random --ratio (--balanced: per class)"),
+    "balanced": ("keepset.selection.baseline_selectors", "select_balanced_table",
+                 "top --ratio of --column inside every class (--lowest for the bottom)"),
+    "ccs": ("keepset.selection.baseline_selectors", "select_ccs_table",
+            "coverage-centric stratified sampling on --column (--hard-cutoff, --strata, --hardest)"),
+    "moderate": ("keepset.selection.baseline_selectors", "select_moderate_table",
+                 "Moderate-DS: samples nearest their class's median distance to centre (--features)"),
+    "kcenter": ("keepset.selection.baseline_selectors", "select_kcenter_table",
+                "k-center greedy coreset on --features"),
+    "expr": ("keepset.selection.baseline_selectors", "select_expr_table",
+             "set algebra, e.g. --expr \"top(clip, 0.3) - bottom(mimic, 0.2)\""),
 }
 
 

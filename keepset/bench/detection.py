@@ -1,0 +1,250 @@
+"""Mislabel detection by every method: precision, recall, F1 and AUROC of the flagged samples against
+the corrupted ones, and the dataset-quality estimate against the truth, for symmetric and asymmetric
+noise at several rates; mean and standard deviation over seeds.
+
+Setting (keepset.evaluation.proxy): train / trusted / test split (0.6 / 0.15 / 0.25); a network trained
+on the trusted split's clean labels is the reference; a fresh linear head on its frozen backbone's
+features of the noisy train split is trained with plain SGD while Grad-Mimic and the dynamics hook
+record every step. Every method is computed from that one run (cleanlab: 5-fold logistic regression
+on the same features).
+
+How each method flags (AUROC is threshold-free and uses the suspicion score in brackets):
+  stage2      Grad-Mimic Stage 2: per-step threshold 1/B on the normed score + majority vote
+              [fraction of steps voting drop]
+  mimic       2-means on the mean Mimic Score, low cluster flagged [-mean mimic]
+  loss, el2n, grand, forgetting   2-means on the score, high cluster flagged [score]
+  aum         AUM < 0 [-AUM]
+  margin      last-epoch margin (assigned logit - largest other) < 0 [-margin]
+  cleanlab    cleanlab.filter.find_label_issues flags [-self-confidence]
+Quality estimate of every method: the fraction of samples it does not flag.
+
+  keepset bench detection                       # digits, a few minutes
+  keepset bench detection --data fashion-mnist  # the real benchmark (MLP; --model cnn for the CNN)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("stage2", "mimic", "loss", "el2n", "grand", "aum", "forgetting", "margin", "cleanlab")
+METRICS = ("precision", "recall", "f1", "auroc", "quality_est", "quality_err")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="data spec (digits, fashion-mnist, ...)")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="reference network")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="number of seeds (0, 1, ...); rerunning with more seeds adds them to finished results")
+    p.add_argument("--kinds", nargs="+", default=["symmetric", "asymmetric"], choices=("symmetric", "asymmetric"))
+    p.add_argument("--rates", nargs="+", type=float, default=[0.2, 0.4, 0.6])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--ref-epochs", type=int, default=30, help="epochs of the reference on the trusted split")
+    p.add_argument("--head-epochs", type=int, default=10, help="epochs of the recorded linear head")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of the reference")
+    p.add_argument("--head-lr", type=float, default=0.1, help="SGD learning rate of the linear head")
+    p.add_argument("--early-epochs", type=int, default=2, help="EL2N / GraNd: mean over the first epochs")
+    p.add_argument("--folds", type=int, default=5, help="cleanlab: folds of the out-of-sample probabilities")
+    p.add_argument("--out", default=None, help="output folder (default out/bench/detection-DATA-MODEL)")
+    p.add_argument("--restart", action="store_true", help="discard results of another configuration")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _config(args) -> dict:
+    keys = ("data", "model", "kinds", "rates", "methods", "ref_epochs", "head_epochs", "batch_size", "lr",
+            "head_lr", "early_epochs", "folds")
+    return {k: getattr(args, k) for k in keys}
+
+
+def detect(run, methods, *, early_epochs: int, folds: int, features, seed: int) -> dict[str, dict]:
+    """Flags and suspicion scores of every method on one proxy run; returns {method: metrics}."""
+    from keepset.evaluation.flagging import two_means_flags
+    from keepset.evaluation.metrics import auroc, detection_metrics
+    from keepset.scoring.dynamics import dynamics_scores, last_value
+
+    corrupted = run.corrupted
+    dyn = dynamics_scores(run.dynamics.values, early_epochs)
+    out: dict[str, dict] = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        if m == "stage2":
+            from keepset.selection.binarize import binarize_steps
+            from keepset.selection.stage2 import aggregate_votes
+
+            d = binarize_steps(run.mimic.values["mimic_normed"], run.mimic.step, method="threshold",
+                               batch_sizes=run.mimic.batch_sizes)
+            keep = aggregate_votes(d, vote="majority")
+            suspicion = (d == 0).sum(0) / np.maximum((d >= 0).sum(0), 1)
+            flags = ~keep
+        elif m == "mimic":
+            suspicion = -run.mimic.mean("mimic").astype(np.float64)
+            flags = two_means_flags(suspicion)
+        elif m in ("loss", "el2n", "grand", "forgetting"):
+            suspicion = dyn[m]
+            flags = two_means_flags(suspicion)
+        elif m == "aum":
+            suspicion = -dyn["aum"]
+            flags = dyn["aum"] < 0
+        elif m == "margin":
+            last = last_value(run.dynamics.values["margin"])
+            suspicion, flags = -last, last < 0
+        elif m == "cleanlab":
+            from keepset.scoring.peers import cleanlab_label_issues, out_of_sample_probs
+
+            probs = out_of_sample_probs(features, run.labels, n_folds=folds, seed=seed)
+            flags, quality = cleanlab_label_issues(run.labels, probs)
+            suspicion = -quality
+        else:
+            raise ValueError(f"unknown detection method {m!r}; choose from {METHODS}")
+        res = detection_metrics(np.asarray(flags, dtype=bool), corrupted)
+        res["auroc"] = auroc(suspicion, corrupted)
+        res["quality_est"] = 1.0 - float(np.mean(flags))
+        res["quality_err"] = abs(res["quality_est"] - (1.0 - float(corrupted.mean())))
+        res["seconds"] = time.perf_counter() - t0
+        out[m] = res
+    return out
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from keepset.data import load_spec
+    from keepset.evaluation.proxy import make_split, noisy_labels, proxy_run, train_reference
+    from keepset.evaluation.store import ResultStore, cell_key
+
+    out = Path(args.out or f"out/bench/detection-{args.data.replace(':', '_').replace('/', '_')}-{args.model}")
+    samples = load_spec(args.data)
+    store = ResultStore(out / "results.json", _config(args), restart=args.restart)
+    cells = [(s, k, r) for s in range(args.seeds) for k in args.kinds for r in args.rates]
+    todo = [c for c in cells if not store.done(cell_key(seed=c[0], kind=c[1], rate=c[2]))]
+    print(f"detection on {args.data} ({len(samples)} samples, {args.model}): {len(cells)} cells, "
+          f"{len(cells) - len(todo)} already done -> {out}", file=sys.stderr)
+    refs: dict = {}
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="detection cells", disable=args.no_progress,
+               dynamic_ncols=True)
+    for seed, kind, rate in todo:
+        split = make_split(samples.labels, seed)
+        if seed not in refs:
+            refs.clear()
+            refs[seed] = train_reference(samples, split, args.model, epochs=args.ref_epochs,
+                                         batch_size=args.batch_size, lr=args.lr, seed=seed)
+        ref = refs[seed]
+        labels, corrupted = noisy_labels(samples, split, kind, rate, seed)
+        t0 = time.perf_counter()
+        prun = proxy_run(ref, labels, corrupted, samples.labels[split.test], samples.num_classes,
+                         epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed)
+        proxy_s = time.perf_counter() - t0
+        methods = detect(prun, args.methods, early_epochs=args.early_epochs, folds=args.folds,
+                         features=ref.train_features, seed=seed)
+        store.put(cell_key(seed=seed, kind=kind, rate=rate),
+                  {"seed": seed, "kind": kind, "rate": rate, "true_quality": 1.0 - float(corrupted.mean()),
+                   "reference_accuracy": ref.trusted_accuracy, "head_accuracy": prun.head_test_accuracy,
+                   "proxy_seconds": proxy_s, "methods": methods})
+        bar.update(1)
+    bar.close()
+    write_reports(store, out, plots=not args.no_plots)
+    print((out / "results.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def records(store) -> list[dict]:
+    """Flat records {seed, kind, rate, method, metrics...} from the stored cells."""
+    rows = []
+    for cell in store.cells.values():
+        for m, res in cell["methods"].items():
+            rows.append({"seed": cell["seed"], "kind": cell["kind"], "rate": cell["rate"], "method": m,
+                         "true_quality": cell["true_quality"], **res})
+    return rows
+
+
+def write_reports(store, out: Path, plots: bool = True) -> None:
+    from keepset.evaluation.report import fmt, group, markdown_table
+    from keepset.io.atomic import write_text_atomic
+
+    cfg = store.config
+    recs = records(store)
+    agg = group(recs, ("kind", "rate", "method"), METRICS + ("true_quality",))
+    seeds = sorted({c["seed"] for c in store.cells.values()})
+    ref_acc = [c["reference_accuracy"] for c in store.cells.values()]
+    head_acc = [c["head_accuracy"] for c in store.cells.values()]
+    from keepset.evaluation.report import mean_std
+
+    text = [f"# Mislabel detection: {cfg['data']}, reference {cfg['model']}\n",
+            f"Seeds: {seeds}; reference epochs {cfg['ref_epochs']}, linear head epochs {cfg['head_epochs']}, "
+            f"batch {cfg['batch_size']}. Reference test accuracy (trusted split only): {fmt(mean_std(ref_acc))}; "
+            f"recorded head test accuracy: {fmt(mean_std(head_acc))}. Values: mean ± std over seeds.\n",
+            "## AUROC (threshold-free)\n"]
+    settings = sorted({(k[0], k[1]) for k in agg}, key=lambda s: (s[0] != "symmetric", s[1]))
+    methods = [m for m in METHODS if any(k[2] == m for k in agg)]
+    header = ["method"] + [f"{k[:4]} {r:g}" for k, r in settings]
+    text.append(markdown_table(header, [[m] + [fmt(agg[(k, r, m)]["auroc"]) if (k, r, m) in agg else "–"
+                                               for k, r in settings] for m in methods]))
+    text.append("\n## F1 of the flags\n")
+    text.append(markdown_table(header, [[m] + [fmt(agg[(k, r, m)]["f1"]) if (k, r, m) in agg else "–"
+                                               for k, r in settings] for m in methods]))
+    text.append("\n## All metrics\n")
+    rows = []
+    for k, r in settings:
+        for m in methods:
+            a = agg.get((k, r, m))
+            if a is None:
+                continue
+            rows.append([k, f"{r:g}", m, fmt(a["precision"]), fmt(a["recall"]), fmt(a["f1"]), fmt(a["auroc"]),
+                         fmt(a["quality_est"]), fmt(a["true_quality"]), fmt(a["quality_err"])])
+    text.append(markdown_table(["noise", "rate", "method", "precision", "recall", "F1", "AUROC",
+                                "quality est.", "true quality", "quality error"], rows))
+    write_text_atomic(out / "results.md", "\n".join(text), overwrite=True)
+    if plots and recs:
+        _plots(agg, settings, methods, out)
+
+
+def _plots(agg, settings, methods, out: Path) -> None:
+    from keepset.evaluation.report import pyplot, save_figure
+
+    plt = pyplot()
+    kinds = sorted({k for k, _ in settings}, key=lambda k: k != "symmetric")
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        rates = sorted(r for k, r in settings if k == kind)
+        for m in methods:
+            ys = [agg[(kind, r, m)]["auroc"] for r in rates if (kind, r, m) in agg]
+            if len(ys) == len(rates):
+                ax.errorbar(rates, [y[0] for y in ys], yerr=[y[1] for y in ys], marker="o", capsize=3, label=m)
+        ax.set(title=f"{kind} noise", xlabel="noise rate", ylabel="AUROC")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    save_figure(fig, out / "auroc_vs_rate.png")
+    fig, axes = plt.subplots(len(kinds), len(settings) // max(1, len(kinds)) or 1,
+                             figsize=(4 * max(1, len(settings) // max(1, len(kinds))), 3.6 * len(kinds)),
+                             squeeze=False)
+    for i, kind in enumerate(kinds):
+        rates = sorted(r for k, r in settings if k == kind)
+        for j, r in enumerate(rates):
+            ax = axes[i][j]
+            for m in methods:
+                a = agg.get((kind, r, m))
+                if a is not None:
+                    ax.errorbar(a["recall"][0], a["precision"][0], xerr=a["recall"][1], yerr=a["precision"][1],
+                                marker="o", capsize=2, label=m)
+            ax.set(title=f"{kind} {r:g}", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    save_figure(fig, out / "precision_recall.png")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="keepset bench detection", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

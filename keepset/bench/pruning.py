@@ -1,0 +1,303 @@
+"""Train-on-subset accuracy: train a fresh network from scratch on the samples each method keeps, at
+several keep ratios, with clean and with noisy (symmetric) training labels; test accuracy on the
+clean test split, mean and standard deviation over seeds.
+
+Budget: every run takes the same number of SGD steps, ``--epochs`` epochs over the FULL train split
+(so a 10% subset is seen ~10x as often); the same seeded initial weights for every method.
+
+Scores come from the shared proxy run (keepset.evaluation.proxy: reference on the trusted split,
+linear head on its frozen features of the train split, recorded with Grad-Mimic and the dynamics
+hook) on the labels of the cell (clean or noisy). Methods and what they keep:
+  random      uniform random
+  mimic       highest mean Mimic Score (Grad-Mimic)
+  mimic_balanced  highest mean Mimic Score inside every (given) class, class quotas kept
+  stage2      Grad-Mimic Stage 2 filter at its OWN ratio (reported once per noise level, ratio "auto")
+  el2n        highest EL2N (hardest; Paul et al.)
+  forgetting  most forgetting events (Toneva et al.)
+  aum         highest AUM (cleanest by AUM)
+  ccs         CCS on AUM (hardest = lowest AUM), hard cutoff --ccs-cutoff, 50 strata
+  moderate    Moderate-DS on the reference backbone's features
+  kcenter     k-center greedy on the reference backbone's features
+  full        all training samples (ratio 1, reported once per noise level)
+
+  keepset bench pruning                        # digits, a few minutes
+  keepset bench pruning --data fashion-mnist   # the real benchmark (MLP; --model cnn for the CNN)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("random", "mimic", "mimic_balanced", "stage2", "el2n", "forgetting", "aum", "ccs", "moderate", "kcenter")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="digits", help="data spec (digits, fashion-mnist, ...)")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="network trained on each subset")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="number of seeds (0, 1, ...); rerunning with more seeds adds them to finished results")
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
+    p.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.4], help="symmetric label-noise rates")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="budget of every run, in epochs over the full train split (same step count for all); "
+                        "default 20 on digits, 10 otherwise")
+    p.add_argument("--ref-epochs", type=int, default=30, help="epochs of the reference on the trusted split")
+    p.add_argument("--head-epochs", type=int, default=10, help="epochs of the recorded proxy linear head")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 on digits, 128 otherwise")
+    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
+    p.add_argument("--head-lr", type=float, default=0.1, help="SGD learning rate of the proxy linear head")
+    p.add_argument("--early-epochs", type=int, default=2, help="EL2N: mean over the first proxy epochs")
+    p.add_argument("--max-samples", type=int, default=None,
+                   help="use a stratified subset of this many samples (seed 0) before splitting; default all")
+    p.add_argument("--ccs-cutoff", type=float, default=0.1, help="CCS: fraction of hardest samples dropped")
+    p.add_argument("--out", default=None, help="output folder (default out/bench/pruning-DATA-MODEL)")
+    p.add_argument("--restart", action="store_true", help="discard results of another configuration")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _resolve_defaults(args) -> None:
+    small = args.data == "digits"
+    if args.epochs is None:
+        args.epochs = 20 if small else 10
+    if args.batch_size is None:
+        args.batch_size = 64 if small else 128
+
+
+def _config(args) -> dict:
+    keys = ("data", "model", "ratios", "noise", "methods", "epochs", "ref_epochs", "head_epochs", "batch_size",
+            "lr", "head_lr", "early_epochs", "ccs_cutoff", "max_samples")
+    return {k: getattr(args, k) for k in keys}
+
+
+def selection_seed(seed: int) -> int:
+    """Seed of the randomised selectors, decorrelated from the label-noise seed: with the same seed,
+    ``rng.choice`` in the noise and in random selection would draw the same samples (random
+    selection would then keep exactly the corrupted ones)."""
+    return int(np.random.SeedSequence([int(seed), 0x5E1EC7]).generate_state(1)[0])
+
+
+def subsample(samples, max_samples: int | None):
+    """A stratified subset of ``max_samples`` samples (seed 0), or ``samples`` itself."""
+    if max_samples is None or max_samples >= len(samples):
+        return samples
+    from keepset.data import split_indices
+
+    frac = max_samples / len(samples)
+    if not 0 < frac < 1:
+        raise ValueError(f"--max-samples must be a positive count, got {max_samples}")
+    return samples.subset(split_indices(samples.labels, (frac, 1 - frac), seed=0)[0])
+
+
+def select(method: str, ratio: float, ctx: dict, *, seed: int, ccs_cutoff: float) -> np.ndarray:
+    """Keep mask [N_train] of ``method`` at ``ratio`` from the proxy context ``ctx``."""
+    from keepset.selection.baselines import select_random
+    from keepset.selection.ccs import ccs_select
+    from keepset.selection.moderate import moderate_ds
+    from keepset.selection.topk import n_to_keep, select_top
+
+    n = len(ctx["labels"])
+    if method == "random":
+        return select_random(n, ratio, seed)
+    if method == "mimic":
+        return select_top(ctx["mimic"], ratio)
+    if method == "mimic_balanced":
+        from keepset.selection.baselines import select_class_balanced
+
+        return select_class_balanced(ctx["mimic"], ctx["labels"], ratio)
+    if method in ("el2n", "forgetting", "aum"):
+        return select_top(ctx["scores"][method], ratio)
+    if method == "ccs":
+        return ccs_select(ctx["scores"]["aum"], ratio, hard_cutoff=ccs_cutoff, hardest="low", seed=seed)
+    if method == "moderate":
+        return moderate_ds(ctx["features"], ctx["labels"], ratio)
+    if method == "kcenter":
+        mask = np.zeros(n, dtype=bool)
+        mask[ctx["kcenter_order"][:n_to_keep(n, ratio)]] = True
+        return mask
+    raise ValueError(f"unknown pruning method {method!r}; choose from {METHODS}")
+
+
+def train_subset(samples, split, labels, mask, args, seed: int) -> dict:
+    """Train a fresh seeded network on the kept samples with the fixed step budget; test accuracy."""
+    import torch
+
+    from keepset.models import model_for_inputs
+    from keepset.training import accuracy, fit
+
+    n_full = len(split.train)
+    steps_full = args.epochs * -(-n_full // args.batch_size)
+    pos = split.train[mask]
+    m = len(pos)
+    per_epoch = -(-m // args.batch_size)
+    epochs = max(1, int(round(steps_full / per_epoch)))
+    x = samples.get_inputs(pos)
+    torch.manual_seed(seed)
+    net = model_for_inputs(args.model, tuple(x.shape[1:]), samples.num_classes)
+    t0 = time.perf_counter()
+    res = fit(net, x, labels[mask], epochs=epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
+              seed=seed, progress=False)
+    acc = accuracy(net, samples.get_inputs(split.test), samples.labels[split.test])
+    return {"accuracy": acc, "kept": m, "kept_fraction": m / n_full,
+            "kept_corrupted_fraction": None, "steps": res.steps, "epochs": epochs,
+            "seconds": time.perf_counter() - t0}
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from keepset.data import load_spec
+    from keepset.evaluation.proxy import make_split, noisy_labels, proxy_run, train_reference
+    from keepset.evaluation.store import ResultStore, cell_key
+    from keepset.scoring.dynamics import dynamics_scores
+    from keepset.selection.kcenter import k_center_order
+    from keepset.selection.topk import n_to_keep
+
+    _resolve_defaults(args)
+    out = Path(args.out or f"out/bench/pruning-{args.data.replace(':', '_').replace('/', '_')}-{args.model}")
+    samples = subsample(load_spec(args.data), args.max_samples)
+    store = ResultStore(out / "results.json", _config(args), restart=args.restart)
+    cells = []
+    for s in range(args.seeds):
+        for noise in args.noise:
+            cells.append((s, noise, "full", 1.0))
+            for m in args.methods:
+                if m == "stage2":
+                    cells.append((s, noise, m, "auto"))
+                else:
+                    cells += [(s, noise, m, r) for r in args.ratios]
+    key = lambda c: cell_key(seed=c[0], noise=c[1], method=c[2], ratio=c[3])  # noqa: E731
+    todo = [c for c in cells if not store.done(key(c))]
+    print(f"pruning on {args.data} ({len(samples)} samples, {args.model}, budget {args.epochs} full-data epochs): "
+          f"{len(cells)} runs, {len(cells) - len(todo)} already done -> {out}", file=sys.stderr)
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="pruning runs", disable=args.no_progress,
+               dynamic_ncols=True)
+    ctx_seed: dict = {}
+    ctx_noise: dict = {}
+    for cell in todo:
+        seed, noise, method, ratio = cell
+        split = make_split(samples.labels, seed)
+        if ctx_seed.get("seed") != seed:
+            ctx_seed = {"seed": seed, "split": split}
+            ctx_noise = {}
+        labels, corrupted = noisy_labels(samples, split, "symmetric", noise, seed)
+        needs_proxy = method not in ("full", "random")
+        if needs_proxy and "ref" not in ctx_seed:
+            ctx_seed["ref"] = train_reference(samples, split, args.model, epochs=args.ref_epochs,
+                                              batch_size=args.batch_size, lr=args.lr, seed=seed)
+        if needs_proxy and noise not in ctx_noise:
+            ref = ctx_seed["ref"]
+            prun = proxy_run(ref, labels, corrupted, samples.labels[split.test], samples.num_classes,
+                             epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed)
+            ctx_noise[noise] = {"labels": labels, "features": ref.train_features, "run": prun,
+                                "mimic": prun.mimic.mean("mimic").astype(np.float64),
+                                "scores": dynamics_scores(prun.dynamics.values, args.early_epochs)}
+        if method == "kcenter" and "kcenter_order" not in ctx_seed:
+            top = n_to_keep(len(labels), max(args.ratios))
+            ctx_seed["kcenter_order"] = k_center_order(ctx_seed["ref"].train_features, top,
+                                                       seed=selection_seed(seed))
+        if method == "full":
+            mask = np.ones(len(labels), dtype=bool)
+        elif method == "stage2":
+            from keepset.selection.stage2 import stage2_filter
+
+            mask = stage2_filter(ctx_noise[noise]["run"].mimic, binarize="threshold", vote="majority")
+        else:
+            ctx = dict(ctx_noise.get(noise, {"labels": labels}))
+            ctx["kcenter_order"] = ctx_seed.get("kcenter_order")
+            if method == "moderate":
+                ctx["features"] = ctx_seed["ref"].train_features
+            mask = select(method, ratio, ctx, seed=selection_seed(seed), ccs_cutoff=args.ccs_cutoff)
+        res = train_subset(samples, split, labels, mask, args, seed)
+        res["kept_corrupted_fraction"] = float(corrupted[mask].mean()) if mask.any() else 0.0
+        store.put(key(cell), {"seed": seed, "noise": noise, "method": method, "ratio": ratio, **res})
+        bar.update(1)
+    bar.close()
+    write_reports(store, out, plots=not args.no_plots)
+    print((out / "results.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def write_reports(store, out: Path, plots: bool = True) -> None:
+    from keepset.evaluation.report import fmt, group, markdown_table
+    from keepset.io.atomic import write_text_atomic
+
+    cfg = store.config
+    recs = list(store.cells.values())
+    agg = group(recs, ("noise", "method", "ratio"), ("accuracy", "kept_fraction", "kept_corrupted_fraction", "steps"))
+    seeds = sorted({r["seed"] for r in recs})
+    noises = sorted({r["noise"] for r in recs})
+    ratios = sorted({r["ratio"] for r in recs if isinstance(r["ratio"], float) and r["ratio"] < 1})
+    methods = [m for m in METHODS if any(r["method"] == m for r in recs)]
+    steps = sorted({r["steps"] for r in recs})
+    sub = f" (stratified subset of {cfg['max_samples']} samples)" if cfg.get("max_samples") else ""
+    text = [f"# Train-on-subset accuracy: {cfg['data']}{sub}, {cfg['model']}\n",
+            f"Seeds: {seeds}. Every run: {cfg['epochs']} epochs' worth of SGD steps over the full train split "
+            f"(steps per run: {steps[0]}–{steps[-1]}), batch {cfg['batch_size']}, lr {cfg['lr']}, momentum 0.9. "
+            "Test accuracy on the clean test split, mean ± std over seeds. Symmetric label noise.\n"]
+    for noise in noises:
+        text.append(f"\n## Noise {noise:g}\n")
+        full = agg.get((noise, "full", 1.0))
+        rows = []
+        for m in methods:
+            if m == "stage2":
+                continue
+            rows.append([m] + [fmt(agg[(noise, m, r)]["accuracy"]) if (noise, m, r) in agg else "–" for r in ratios])
+        text.append(markdown_table(["method"] + [f"keep {r:g}" for r in ratios], rows))
+        if full:
+            text.append(f"\nAll data (ratio 1): {fmt(full['accuracy'])}.\n")
+        st = agg.get((noise, "stage2", "auto"))
+        if st:
+            text.append(f"Grad-Mimic Stage 2 filter at its own ratio {fmt(st['kept_fraction'])}: accuracy "
+                        f"{fmt(st['accuracy'])} (corrupted among kept: {fmt(st['kept_corrupted_fraction'])}).\n")
+        if noise > 0:
+            text.append("\nFraction of corrupted labels among the kept samples:\n\n")
+            rows = [[m] + [fmt(agg[(noise, m, r)]["kept_corrupted_fraction"]) if (noise, m, r) in agg else "–"
+                           for r in ratios] for m in methods if m != "stage2"]
+            text.append(markdown_table(["method"] + [f"keep {r:g}" for r in ratios], rows))
+    write_text_atomic(out / "results.md", "\n".join(text), overwrite=True)
+    if plots and recs:
+        _plot(agg, noises, ratios, methods, out)
+
+
+def _plot(agg, noises, ratios, methods, out: Path) -> None:
+    from keepset.evaluation.report import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(noises), figsize=(5.5 * len(noises), 4.2), squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        for m in methods:
+            if m == "stage2":
+                st = agg.get((noise, m, "auto"))
+                if st:
+                    ax.errorbar([st["kept_fraction"][0]], [st["accuracy"][0]], yerr=[st["accuracy"][1]],
+                                marker="*", markersize=12, linestyle="none", label="stage2 (own ratio)")
+                continue
+            pts = [(r, agg[(noise, m, r)]["accuracy"]) for r in ratios if (noise, m, r) in agg]
+            if pts:
+                ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
+                            marker="o", capsize=3, label=m)
+        full = agg.get((noise, "full", 1.0))
+        if full:
+            ax.axhline(full["accuracy"][0], color="gray", linestyle="--", label="all data")
+        ax.set(title=f"label noise {noise:g}", xlabel="fraction kept", ylabel="test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    save_figure(fig, out / "accuracy_vs_ratio.png")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="keepset bench pruning", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The shared benchmark setting (the same as keepset's demo):
+
+1. split the data with ``split_indices(labels, (0.6, 0.15, 0.25), seed)`` into train / trusted / test;
+2. train a network on the trusted split's clean labels (the reference) and freeze its backbone;
+3. train a fresh linear head on the (noisy) train split's backbone features with plain SGD, while
+   ``GradMimicHook`` (reference = a LinearProbe holding the trusted net's head, ``reweight=False``)
+   records every step's Mimic Score and ``DynamicsHook`` records loss / correctness / margins ...
+
+Every method is scored from that one proxy run, so all of them see the same data, model and budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from keepset.data import add_label_noise, split_indices
+from keepset.models import LinearProbe, model_for_inputs
+from keepset.training import DynamicsRecorder, GradMimicHook, accuracy, embed, fit
+from keepset.training.dynamics_hook import DYNAMICS_FIELDS, DynamicsHook
+
+
+@dataclass
+class Split:
+    train: np.ndarray
+    trusted: np.ndarray
+    test: np.ndarray
+
+
+@dataclass
+class Reference:
+    net: torch.nn.Module
+    trusted_accuracy: float  # test accuracy of the net trained on the trusted split only
+    train_features: np.ndarray  # [N_train, d] backbone features of the train split
+    test_features: np.ndarray
+
+
+@dataclass
+class ProxyRun:
+    """One proxy run on (noisy) labels: recorded dynamics and Mimic Scores of every train sample."""
+
+    labels: np.ndarray  # [N_train] labels trained on
+    corrupted: np.ndarray  # [N_train] bool
+    mimic: DynamicsRecorder  # fields mimic, mimic_normed
+    dynamics: DynamicsRecorder  # fields DYNAMICS_FIELDS
+    head_test_accuracy: float
+
+
+def make_split(labels, seed: int) -> Split:
+    train, trusted, test = split_indices(labels, (0.6, 0.15, 0.25), seed)
+    return Split(train, trusted, test)
+
+
+def train_network(kind: str, x, y, num_classes: int, *, epochs: int, batch_size: int, lr: float, seed: int,
+                  desc: str = "train") -> torch.nn.Module:
+    """A fresh ``kind`` network ("mlp" / "cnn") trained on (x, y) with SGD (momentum 0.9), seeded."""
+    torch.manual_seed(seed)
+    net = model_for_inputs(kind, tuple(x.shape[1:]), num_classes)
+    fit(net, x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False, desc=desc)
+    return net
+
+
+def train_reference(samples, split: Split, kind: str, *, epochs: int, batch_size: int, lr: float,
+                    seed: int) -> Reference:
+    """Train the reference network on the trusted split's clean labels; embed train and test."""
+    x_tr, y_tr = samples.get_inputs(split.trusted), samples.labels[split.trusted]
+    net = train_network(kind, x_tr, y_tr, samples.num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
+                        seed=seed, desc="reference")
+    x_test = samples.get_inputs(split.test)
+    acc = accuracy(net, x_test, samples.labels[split.test])
+    return Reference(net, acc, embed(net, samples.get_inputs(split.train)), embed(net, x_test))
+
+
+def noisy_labels(samples, split: Split, kind: str, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy train labels and the corrupted mask (rate 0: the clean labels)."""
+    y = samples.labels[split.train]
+    if rate == 0:
+        return y.copy(), np.zeros(len(y), dtype=bool)
+    return add_label_noise(y, rate, kind, samples.num_classes, seed)
+
+
+def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, *, epochs: int,
+              batch_size: int, lr: float, seed: int) -> ProxyRun:
+    """Train a fresh linear head on the train features with Grad-Mimic and dynamics recording."""
+    feats = ref.train_features
+    n, d = feats.shape
+    reference = LinearProbe(d, num_classes)
+    with torch.no_grad():
+        reference.head.weight.copy_(ref.net.head.weight)
+        reference.head.bias.copy_(ref.net.head.bias)
+    torch.manual_seed(seed + 1)
+    head = LinearProbe(d, num_classes)
+    mimic = DynamicsRecorder(n, epochs, ("mimic", "mimic_normed"))
+    dyn = DynamicsRecorder(n, epochs, DYNAMICS_FIELDS)
+    hooks = [GradMimicHook(reference, reweight=False, recorder=mimic), DynamicsHook(dyn)]
+    fit(head, feats, labels, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed,
+        hooks=hooks, progress=False, desc="proxy")
+    acc = accuracy(head, ref.test_features, test_labels)
+    return ProxyRun(np.asarray(labels), np.asarray(corrupted), mimic, dyn, acc)

@@ -1,0 +1,38 @@
+"""``keepset score --method dynamics``: train a network on the data once with ``DynamicsHook`` and
+return every training-dynamics score column (loss, el2n, grand, forgetting, aum, entropy, margin,
+least_confidence; see ``keepset.scoring.dynamics``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keepset.data import SampleSet
+
+
+def add_arguments(parser) -> None:
+    g = parser.add_argument_group("dynamics")
+    g.add_argument("--dyn-model", choices=("mlp", "cnn", "linear"), default="mlp",
+                   help="dynamics: network trained to record the dynamics")
+    g.add_argument("--dyn-epochs", type=int, default=10, help="dynamics: training epochs")
+    g.add_argument("--dyn-lr", type=float, default=0.05, help="dynamics: SGD learning rate (momentum 0.9)")
+    g.add_argument("--early-epochs", type=int, default=2, help="dynamics: EL2N / GraNd averaged over the first epochs")
+
+
+def score_dynamics(samples: SampleSet, *, dyn_model: str = "mlp", dyn_epochs: int = 10, dyn_lr: float = 0.05,
+                   early_epochs: int = 2, batch_size: int = 64, seed: int = 0, progress: bool = True,
+                   **_) -> dict[str, np.ndarray]:
+    """Train ``dyn_model`` on all of ``samples`` (their labels) and return {column: float64 [N]}."""
+    import torch
+
+    from keepset.models import model_for_inputs
+    from keepset.scoring.dynamics import dynamics_scores
+    from keepset.training import fit
+    from keepset.training.dynamics_hook import DynamicsHook
+
+    x = samples.get_inputs()
+    torch.manual_seed(seed)
+    net = model_for_inputs(dyn_model, tuple(x.shape[1:]), samples.num_classes)
+    hook = DynamicsHook()
+    fit(net, x, samples.labels, epochs=dyn_epochs, batch_size=min(batch_size, 256), lr=dyn_lr, momentum=0.9,
+        seed=seed, hooks=[hook], progress=progress, desc="dynamics")
+    return dynamics_scores(hook.recorder.values, early_epochs)

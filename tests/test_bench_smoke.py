@@ -1,0 +1,86 @@
+"""Tiny end-to-end runs of ``keepset bench detection`` and ``keepset bench pruning``: outputs, resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from keepset.bench import detection, pruning
+from keepset.evaluation.store import ResultStore, cell_key
+
+pytest.importorskip("matplotlib")
+
+
+def test_detection_tiny_run_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "det"
+    argv = ["--seeds", "1", "--kinds", "symmetric", "--rates", "0.4", "--ref-epochs", "15", "--head-epochs", "4",
+            "--methods", "stage2", "mimic", "loss", "aum", "cleanlab", "--folds", "3",
+            "--out", str(out), "--no-progress"]
+    assert detection.main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    (cell,) = doc["cells"].values()
+    assert cell["kind"] == "symmetric" and cell["rate"] == 0.4
+    assert abs(cell["true_quality"] - 0.6) < 0.01
+    for m in ("stage2", "mimic", "loss", "aum", "cleanlab"):
+        r = cell["methods"][m]
+        assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["auroc"] <= 1
+        assert abs(r["quality_err"] - abs(r["quality_est"] - cell["true_quality"])) < 1e-9
+    # a reference trained on clean trusted labels makes mislabels stand out (far above chance)
+    assert cell["methods"]["mimic"]["auroc"] > 0.8
+    assert (out / "results.md").exists() and (out / "precision_recall.png").stat().st_size > 0
+    assert (out / "auroc_vs_rate.png").exists()
+
+    # resume: a finished cell is never recomputed
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr("keepset.evaluation.proxy.proxy_run", boom)
+    assert detection.main(argv) == 0
+    # another configuration refuses to mix results unless --restart
+    with pytest.raises(ValueError, match="another configuration"):
+        detection.main(argv + ["--early-epochs", "1"])
+
+
+def test_pruning_tiny_run(tmp_path):
+    out = tmp_path / "prune"
+    argv = ["--seeds", "1", "--ratios", "0.5", "--noise", "0.4", "--methods", "random", "mimic", "stage2", "ccs",
+            "kcenter", "moderate", "--epochs", "3", "--ref-epochs", "10", "--head-epochs", "3",
+            "--out", str(out), "--no-progress"]
+    assert pruning.main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    cells = doc["cells"]
+    assert len(cells) == 1 + 1 + 5  # full, stage2 at its own ratio, 5 methods x 1 ratio
+    steps = {c["steps"] for c in cells.values()}
+    assert max(steps) - min(steps) <= 17  # same budget for every run (within one subset epoch)
+    half = [c for c in cells.values() if c["ratio"] == 0.5]
+    assert all(abs(c["kept_fraction"] - 0.5) < 0.01 for c in half)
+    by = {c["method"]: c for c in half}
+    # random selection is independent of which labels were corrupted (seeds are decorrelated)
+    assert abs(by["random"]["kept_corrupted_fraction"] - 0.4) < 0.1
+    # the Mimic Score keeps far fewer corrupted labels than random
+    assert by["mimic"]["kept_corrupted_fraction"] < by["random"]["kept_corrupted_fraction"] - 0.2
+    assert (out / "accuracy_vs_ratio.png").exists() and "keep 0.5" in (out / "results.md").read_text()
+
+
+def test_result_store_atomic_and_config_checked(tmp_path):
+    path = tmp_path / "r.json"
+    s = ResultStore(path, {"a": 1})
+    s.put(cell_key(seed=0, rate=0.2), {"x": np.float64(0.5)})
+    assert cell_key(rate=0.2, seed=0) == "rate=0.2|seed=0"
+    assert ResultStore(path, {"a": 1}).done("rate=0.2|seed=0")
+    with pytest.raises(ValueError, match="another configuration"):
+        ResultStore(path, {"a": 2})
+    assert not ResultStore(path, {"a": 2}, restart=True).done("rate=0.2|seed=0")
+    path.write_text("{broken")
+    with pytest.raises(ValueError, match="not a readable"):
+        ResultStore(path, {"a": 1})
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_online_comparison_tiny_run(capsys):
+    from keepset.bench import online
+
+    assert online.main(["--seeds", "1", "--epochs", "2", "--ref-epochs", "5"]) == 0
+    out = capsys.readouterr().out
+    for m in online.METHODS:
+        assert f"| {m} |" in out
