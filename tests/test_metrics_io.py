@@ -54,3 +54,13 @@ def test_keep_lists_and_datacomp_uids(tmp_path):
     assert sorted(datacomp_to_uids(pairs)) == sorted(uids)
     with pytest.raises(ValueError, match="32 hex"):
         uids_to_datacomp(["xyz"])
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from keepset.io import write_text_atomic
+
+    p = write_text_atomic(tmp_path / "a.txt", "x")
+    umask = os.umask(0); os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == 0o666 & ~umask

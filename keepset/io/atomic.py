@@ -24,6 +24,13 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def _default_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (0666 minus the umask); mkstemp uses 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, overwrite: bool = False):
     """Yield a temporary path in the target's folder; on success it replaces ``path`` atomically."""
@@ -33,6 +40,7 @@ def atomic_path(path: str | Path, overwrite: bool = False):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -6,13 +6,12 @@ Loading never unpickles anything, so a checkpoint from an untrusted source is sa
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from keepset.io.atomic import atomic_path
 from keepset.models.networks import build_model
 
 
@@ -27,14 +26,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"keepset_config": json.dumps(config), "keepset_extra": json.dumps(extra or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
