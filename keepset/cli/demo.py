@@ -27,11 +27,12 @@ def add_parser(subparsers) -> None:
                         "finetune: whole networks from one shared initialisation")
     p.add_argument("--layers", default=None,
                    help="scored layers in the finetune setting: a name, a module prefix or 'all' (default: all)")
-    p.add_argument("--backbone", choices=("auto", "mlp", "cnn"), default="auto",
-                   help="reference network (auto: small CNN for images of side >= 28, else MLP)")
+    p.add_argument("--backbone", choices=("mlp", "cnn"), default="mlp",
+                   help="reference network: MLP (default) or the small CNN")
     p.add_argument("--epochs", type=int, default=20, help="epochs of head training (default 20)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1, help="SGD learning rate of the head (default 0.1)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="SGD learning rate (default: probe 10 / mean squared feature norm, finetune 0.1)")
     p.add_argument("--method", choices=("proj", "cos"), default="proj", help="Mimic Score used for weights")
     p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (default 1)")
     p.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold",
