@@ -175,18 +175,9 @@ def save_adapters(adapters: ClipAdapters, path: str | Path, overwrite: bool = Fa
 
 def load_adapters(path: str | Path) -> ClipAdapters:
     """Load adapters written by ``save_adapters`` (safetensors: nothing is unpickled)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from keepset.models.checkpoint import read_safetensors
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"adapter file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-        tensors = load_file(str(path))
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+    tensors, meta = read_safetensors(path, "adapter file")
     if "keepset_adapters" not in meta:
         raise ValueError(f"{path} holds no keepset adapters (missing metadata); write it with save_adapters")
     cfg = json.loads(meta["keepset_adapters"])

@@ -31,20 +31,26 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = Non
     return path
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
-    """Build the network stored at ``path`` and load its weights. Returns (model, extra metadata)."""
+def read_safetensors(path: str | Path, what: str = "checkpoint") -> tuple[dict, dict]:
+    """Tensors and header metadata of a safetensors file, with clear errors for a missing or corrupt file."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
         tensors = load_file(str(path))
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable safetensors checkpoint: {exc}") from None
+        raise ValueError(f"{path} is not a readable safetensors {what}: {exc}") from None
+    return tensors, meta
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """Build the network stored at ``path`` and load its weights. Returns (model, extra metadata)."""
+    tensors, meta = read_safetensors(path, "checkpoint")
     if "keepset_config" not in meta:
         raise ValueError(f"{path} has no keepset architecture metadata; save it with keepset.models.save_checkpoint")
     model = build_model(json.loads(meta["keepset_config"]))
