@@ -1,7 +1,6 @@
 """The demo and the CLI end to end, with the acceptance figures of the foundation issue."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

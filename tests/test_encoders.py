@@ -9,7 +9,7 @@ import torch
 
 from keepset.data import SampleSet
 from keepset.encoders import (
-    NetworkEncoder, cached_image_embeddings, cached_text_embeddings, load_image_encoder, load_text_encoder,
+    cached_image_embeddings, cached_text_embeddings, load_image_encoder, load_text_encoder,
 )
 from keepset.models import MLP, save_checkpoint
 

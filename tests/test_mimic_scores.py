@@ -1,6 +1,5 @@
 """The four Mimic Score methods against an independent per-sample autograd loop written here."""
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

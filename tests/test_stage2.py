@@ -1,6 +1,5 @@
 """Stage 2 binarisation and voting against brute force / scikit-learn / hand computations."""
 
-import itertools
 
 import numpy as np
 import pytest

@@ -25,12 +25,12 @@ Quality estimate of every method: the fraction of samples it does not flag.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from keepset.bench._script import script_main
 
 METHODS = ("stage2", "mimic", "loss", "el2n", "grand", "aum", "forgetting", "margin", "cleanlab")
 METRICS = ("precision", "recall", "f1", "auroc", "quality_est", "quality_err")
@@ -240,10 +240,7 @@ def _plots(agg, settings, methods, out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="keepset bench detection", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    return script_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

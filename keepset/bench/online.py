@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
+from keepset.bench._script import script_main
 
 METHODS = ("sgd", "gradmimic", "rho", "grand")
 
@@ -72,10 +72,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m keepset.bench.online", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    return script_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from keepset.bench._script import script_main
 
 VARIANTS = ("plain", "last_layer", "all_proj", "all_cos", "vmap_reference")
 LABELS = {
@@ -205,12 +206,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m keepset.bench.overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
     try:
-        return run(args)
+        return script_main(sys.modules[__name__], argv)
     except (ValueError, FileExistsError) as exc:
         print(f"keepset bench overhead: error: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from keepset.bench._script import script_main
 
 METHODS = ("random", "mimic", "mimic_balanced", "stage2", "el2n", "forgetting", "aum", "ccs", "moderate", "kcenter")
 
@@ -293,10 +294,7 @@ def _plot(agg, noises, ratios, methods, out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="keepset bench pruning", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    return run(p.parse_args(argv))
+    return script_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+from keepset.bench._script import script_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,10 +80,7 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m keepset.bench.sas_detection", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return script_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 
 from keepset.data import SPEC_HELP
 from keepset.scoring.registry import SCORERS, get_scorer, scorer_modules

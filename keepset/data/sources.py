@@ -7,7 +7,6 @@ Nothing here unpickles arbitrary objects: CIFAR batches go through a restricted 
 from __future__ import annotations
 
 import gzip
-import io
 import pickle
 from pathlib import Path
 

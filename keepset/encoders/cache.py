@@ -42,29 +42,30 @@ def _store(path: Path, arr: np.ndarray) -> None:
             np.save(fh, np.ascontiguousarray(arr, dtype=np.float32), allow_pickle=False)
 
 
+def _load_or_compute(path: Path | None, n: int, compute) -> np.ndarray:
+    """The cached float32 [n, d] array at ``path``, else ``compute()`` stored there (no cache when None)."""
+    if path is None:
+        return compute()
+    arr = _load(path, n)
+    if arr is None:
+        arr = np.asarray(compute(), dtype=np.float32)
+        _store(path, arr)
+    return arr
+
+
 def cached_image_embeddings(encoder, samples: SampleSet, cache_dir: str | Path | None) -> np.ndarray:
     """``encoder.encode_images(samples)`` [N, d], read from / written to ``cache_dir`` (None: no cache).
 
     The key is ``encoder.fingerprint`` and ``samples.fingerprint()`` (ids, labels, source name).
     """
-    if cache_dir is None:
-        return encoder.encode_images(samples)
-    path = Path(cache_dir) / "embeddings" / f"img-{encoder.fingerprint}-{samples.fingerprint()}.npy"
-    arr = _load(path, len(samples))
-    if arr is None:
-        arr = np.asarray(encoder.encode_images(samples), dtype=np.float32)
-        _store(path, arr)
-    return arr
+    path = None if cache_dir is None else (
+        Path(cache_dir) / "embeddings" / f"img-{encoder.fingerprint}-{samples.fingerprint()}.npy")
+    return _load_or_compute(path, len(samples), lambda: encoder.encode_images(samples))
 
 
 def cached_text_embeddings(encoder, texts: list[str], cache_dir: str | Path | None) -> np.ndarray:
     """``encoder.encode_texts(texts)`` [M, d], cached under the encoder fingerprint and a hash of the texts."""
     texts = list(texts)
-    if cache_dir is None:
-        return encoder.encode_texts(texts)
-    path = Path(cache_dir) / "embeddings" / f"txt-{encoder.fingerprint}-{hash_strings(texts)}.npy"
-    arr = _load(path, len(texts))
-    if arr is None:
-        arr = np.asarray(encoder.encode_texts(texts), dtype=np.float32)
-        _store(path, arr)
-    return arr
+    path = None if cache_dir is None else (
+        Path(cache_dir) / "embeddings" / f"txt-{encoder.fingerprint}-{hash_strings(texts)}.npy")
+    return _load_or_compute(path, len(texts), lambda: encoder.encode_texts(texts))
