@@ -113,8 +113,7 @@ def detect(run, methods, *, early_epochs: int, folds: int, features, seed: int) 
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
-
+    from keepset._progress import progress_bar
     from keepset.data import load_spec
     from keepset.evaluation.proxy import make_split, noisy_labels, proxy_run, train_reference
     from keepset.evaluation.store import ResultStore, cell_key
@@ -127,8 +126,8 @@ def run(args) -> int:
     print(f"detection on {args.data} ({len(samples)} samples, {args.model}): {len(cells)} cells, "
           f"{len(cells) - len(todo)} already done -> {out}", file=sys.stderr)
     refs: dict = {}
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="detection cells", disable=args.no_progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(cells), initial=len(cells) - len(todo), desc="detection cells",
+                       enabled=not args.no_progress)
     for seed, kind, rate in todo:
         split = make_split(samples.labels, seed)
         if seed not in refs:

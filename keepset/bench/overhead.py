@@ -159,9 +159,9 @@ def measure(batch_size: int = 256, repeats: int = 5, steps: int = 4, image_size:
     y = torch.randint(0, 10, (batch_size * steps,), generator=gen)
     times: dict[str, list[list[float]]] = {v: [] for v in variants}
     order = list(variants)
-    from tqdm.auto import tqdm
+    from keepset._progress import progress_bar
 
-    with tqdm(total=repeats * len(order), desc="bench overhead", disable=not progress, leave=False) as bar:
+    with progress_bar(total=repeats * len(order), desc="bench overhead", enabled=progress) as bar:
         for r in range(repeats):
             rot = order[r % len(order):] + order[:r % len(order)]
             for variant in rot:

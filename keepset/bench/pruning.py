@@ -151,7 +151,7 @@ def train_subset(samples, split, labels, mask, args, seed: int) -> dict:
 
 
 def run(args) -> int:
-    from tqdm.auto import tqdm
+    from keepset._progress import progress_bar
 
     from keepset.data import load_spec
     from keepset.evaluation.proxy import make_split, noisy_labels, proxy_run, train_reference
@@ -177,8 +177,8 @@ def run(args) -> int:
     todo = [c for c in cells if not store.done(key(c))]
     print(f"pruning on {args.data} ({len(samples)} samples, {args.model}, budget {args.epochs} full-data epochs): "
           f"{len(cells)} runs, {len(cells) - len(todo)} already done -> {out}", file=sys.stderr)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc="pruning runs", disable=args.no_progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(cells), initial=len(cells) - len(todo), desc="pruning runs",
+                       enabled=not args.no_progress)
     ctx_seed: dict = {}
     ctx_noise: dict = {}
     for cell in todo:

@@ -137,9 +137,9 @@ def train_adapters(img_emb, txt_emb_per_class, labels, *, dim: int | None = None
     n = len(img)
     steps = (n + batch_size - 1) // batch_size
     history = []
-    from tqdm.auto import tqdm
+    from keepset._progress import progress_bar
 
-    bar = tqdm(total=epochs * steps, desc="adapters", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(total=epochs * steps, desc="adapters", enabled=progress)
     try:
         for _ in range(int(epochs)):
             adapters.train()

@@ -59,11 +59,11 @@ def check_texts(texts) -> list[str]:
 
 def batches(n: int, batch_size: int, desc: str, progress: bool):
     """Yield (start, stop) pairs covering range(n) in batches, with a tqdm bar."""
-    from tqdm.auto import tqdm
+    from keepset._progress import progress_bar
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    with tqdm(total=n, desc=desc, disable=not progress, leave=False, dynamic_ncols=True) as bar:
+    with progress_bar(total=n, desc=desc, enabled=progress) as bar:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             yield start, stop

@@ -30,7 +30,7 @@ def score_mimic(samples: SampleSet, *, method: str = "proj", model=None, referen
     Normed methods are softmax-normalised within each batch of ``batch_size`` samples, as in training.
     Returns {method: float32 [N]}.
     """
-    from tqdm.auto import tqdm
+    from keepset._progress import progress_bar
 
     if method not in MIMIC_METHODS:
         raise ValueError(f"unknown mimic method {method!r}; choose one of {MIMIC_METHODS}")
@@ -52,7 +52,7 @@ def score_mimic(samples: SampleSet, *, method: str = "proj", model=None, referen
     reference.eval()
     n = len(samples)
     out = np.empty(n, dtype=np.float32)
-    for start in tqdm(range(0, n, batch_size), desc=f"{method} scores", disable=not progress, leave=False):
+    for start in progress_bar(range(0, n, batch_size), desc=f"{method} scores", enabled=progress):
         pos = np.arange(start, min(n, start + batch_size))
         x = torch.from_numpy(samples.get_inputs(pos))
         y = torch.from_numpy(samples.labels[pos])

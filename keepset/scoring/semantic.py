@@ -151,9 +151,9 @@ def sample_diversity_scores(emb, labels, k: int = 10, *, backend: str = "auto", 
     classes = np.unique(y)
     it = classes
     if progress:
-        from tqdm.auto import tqdm
+        from keepset._progress import progress_bar
 
-        it = tqdm(classes, desc="SDS kNN", leave=False)
+        it = progress_bar(classes, desc="SDS kNN")
     for c in it:
         pos = np.flatnonzero(y == c)
         kc = min(int(k), len(pos))

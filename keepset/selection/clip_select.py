@@ -157,9 +157,9 @@ def optimise_selection(s, g, k: int, *, lam: float = DEFAULT_LAM, beta: float = 
     k_t = float(k)
     best, since_best, step = np.inf, 0, 0
     best_mask, best_step = None, 0
-    from tqdm.auto import tqdm
+    from keepset._progress import progress_bar
 
-    bar = tqdm(total=int(steps), desc="clip-select optimiser", disable=not progress, leave=False)
+    bar = progress_bar(total=int(steps), desc="clip-select optimiser", enabled=progress)
     try:
         for step in range(1, int(steps) + 1):
             x = torch.sigmoid(100.0 * w)

@@ -67,9 +67,9 @@ def k_center_order(features, count: int, *, seed: int = 0, initial=None, progres
         order.append(first)
         min_d = (sq - 2 * (x @ x[first]) + sq[first]).clamp_min(0)
         min_d[first] = -1.0
-    from tqdm.auto import tqdm
+    from keepset._progress import progress_bar
 
-    for _ in tqdm(range(count - len(order)), desc="k-center", disable=not progress, leave=False):
+    for _ in progress_bar(range(count - len(order)), desc="k-center", enabled=progress):
         nxt = int(torch.argmax(min_d))  # first maximum = lowest position
         order.append(nxt)
         d2 = (sq - 2 * (x @ x[nxt]) + sq[nxt]).clamp_min(0)

@@ -167,9 +167,9 @@ def _backward(state: BatchState, params: dict[str, torch.Tensor]) -> None:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from keepset._progress import progress_bar
 
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
+    return progress_bar(total=total, desc=desc, enabled=enabled)
 
 
 @torch.no_grad()
