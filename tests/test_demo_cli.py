@@ -67,6 +67,12 @@ def test_errors_are_clear_and_outputs_untouched(demo_dir, tmp_path, capsys):
     assert main(["score", "--data", "digits", "--method", "proj", "--model", str(tmp_path / "none.safetensors"),
                  "--reference", str(demo_dir / "reference.safetensors"), "--out", str(tmp_path / "s.parquet")]) == 2
     assert "not found" in capsys.readouterr().err
+    # a flag of another scorer would be ignored: refused, naming the methods it belongs to
+    assert main(["score", "--data", "digits", "--method", "proj", "--model", str(demo_dir / "model.safetensors"),
+                 "--reference", str(demo_dir / "reference.safetensors"), "--k", "5",
+                 "--out", str(tmp_path / "s.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "--k does not apply to --method proj" in err and "sds" in err
     assert not (tmp_path / "k.npy").exists() and not (tmp_path / "s.parquet").exists()
 
 
