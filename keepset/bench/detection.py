@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-epochs", type=int, default=10, help="epochs of the recorded linear head")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of the reference")
-    p.add_argument("--head-lr", type=float, default=0.1, help="SGD learning rate of the linear head")
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="SGD learning rate of the linear head (default 10 / mean ||h||^2 of the train features)")
     p.add_argument("--early-epochs", type=int, default=2, help="EL2N / GraNd: mean over the first epochs")
     p.add_argument("--folds", type=int, default=5, help="cleanlab: folds of the out-of-sample probabilities")
     p.add_argument("--out", default=None, help="output folder (default out/bench/detection-DATA-MODEL)")
@@ -145,6 +146,7 @@ def run(args) -> int:
         store.put(cell_key(seed=seed, kind=kind, rate=rate),
                   {"seed": seed, "kind": kind, "rate": rate, "true_quality": 1.0 - float(corrupted.mean()),
                    "reference_accuracy": ref.trusted_accuracy, "head_accuracy": prun.head_test_accuracy,
+                   "head_lr": prun.head_lr,
                    "proxy_seconds": proxy_s, "methods": methods})
         bar.update(1)
     bar.close()
@@ -173,11 +175,16 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
     seeds = sorted({c["seed"] for c in store.cells.values()})
     ref_acc = [c["reference_accuracy"] for c in store.cells.values()]
     head_acc = [c["head_accuracy"] for c in store.cells.values()]
+    lrs = [c["head_lr"] for c in store.cells.values() if "head_lr" in c]
+    if cfg.get("head_lr") is not None:
+        step = f"head SGD step {cfg['head_lr']:g}"
+    else:
+        step = "head SGD step 10 / mean ||h||^2" + (f" ({min(lrs):.3g}-{max(lrs):.3g})" if lrs else "")
     from keepset.evaluation.report import mean_std
 
     text = [f"# Mislabel detection: {cfg['data']}, reference {cfg['model']}\n",
             f"Seeds: {seeds}; reference epochs {cfg['ref_epochs']}, linear head epochs {cfg['head_epochs']}, "
-            f"batch {cfg['batch_size']}. Reference test accuracy (trusted split only): {fmt(mean_std(ref_acc))}; "
+            f"batch {cfg['batch_size']}, {step}. Reference test accuracy (trusted split only): {fmt(mean_std(ref_acc))}; "
             f"recorded head test accuracy: {fmt(mean_std(head_acc))}. Values: mean ± std over seeds.\n",
             "## AUROC (threshold-free)\n"]
     settings = sorted({(k[0], k[1]) for k in agg}, key=lambda s: (s[0] != "symmetric", s[1]))

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10, help="epochs of every online run")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05, help="learning rate of the reference")
-    p.add_argument("--head-lr", type=float, default=0.1)
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="SGD learning rate of the linear head (default 10 / mean ||h||^2 of the train features)")
     p.add_argument("--rho-ratio", type=float, default=0.3, help="RHO-loss: fraction of each batch trained on")
     p.add_argument("--temperature", type=float, default=1.0, help="Grad-Mimic softmax temperature")
 
@@ -42,6 +43,7 @@ def run(args) -> int:
     from keepset.models import LinearProbe
     from keepset.training import GradMimicHook, accuracy, fit
     from keepset.training.online_baselines import GrandWeightHook, RhoLossHook, irreducible_losses
+    from keepset.training.step_size import probe_learning_rate
 
     samples = load_spec(args.data)
     results: dict[str, list[float]] = {m: [] for m in METHODS}
@@ -56,12 +58,13 @@ def run(args) -> int:
             reference.head.weight.copy_(ref.net.head.weight)
             reference.head.bias.copy_(ref.net.head.bias)
         irreducible = irreducible_losses(reference, ref.train_features, labels)
+        head_lr = args.head_lr if args.head_lr is not None else probe_learning_rate(ref.train_features)
         for m in METHODS:
             hooks = {"sgd": [], "gradmimic": [GradMimicHook(reference, temperature=args.temperature)],
                      "rho": [RhoLossHook(irreducible, ratio=args.rho_ratio)], "grand": [GrandWeightHook()]}[m]
             torch.manual_seed(seed + 1)
             head = LinearProbe(d, samples.num_classes)
-            fit(head, ref.train_features, labels, epochs=args.epochs, batch_size=args.batch_size, lr=args.head_lr,
+            fit(head, ref.train_features, labels, epochs=args.epochs, batch_size=args.batch_size, lr=head_lr,
                 momentum=0.9, seed=seed, hooks=hooks, progress=False)
             results[m].append(accuracy(head, ref.test_features, samples.labels[split.test]))
         print(f"seed {seed}: " + ", ".join(f"{m} {results[m][-1]:.3f}" for m in METHODS), file=sys.stderr)

@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-epochs", type=int, default=10, help="epochs of the recorded proxy linear head")
     p.add_argument("--batch-size", type=int, default=None, help="default 64 on digits, 128 otherwise")
     p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
-    p.add_argument("--head-lr", type=float, default=0.1, help="SGD learning rate of the proxy linear head")
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="SGD learning rate of the linear head (default 10 / mean ||h||^2 of the train features)")
     p.add_argument("--early-epochs", type=int, default=2, help="EL2N: mean over the first proxy epochs")
     p.add_argument("--max-samples", type=int, default=None,
                    help="use a stratified subset of this many samples (seed 0) before splitting; default all")

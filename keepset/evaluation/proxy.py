@@ -20,6 +20,7 @@ from keepset.data import add_label_noise, split_indices
 from keepset.models import LinearProbe, model_for_inputs
 from keepset.training import DynamicsRecorder, GradMimicHook, accuracy, embed, fit
 from keepset.training.dynamics_hook import DYNAMICS_FIELDS, DynamicsHook
+from keepset.training.step_size import probe_learning_rate
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ProxyRun:
     mimic: DynamicsRecorder  # fields mimic, mimic_normed
     dynamics: DynamicsRecorder  # fields DYNAMICS_FIELDS
     head_test_accuracy: float
+    head_lr: float  # the SGD step the head was trained with
 
 
 def make_split(labels, seed: int) -> Split:
@@ -82,9 +84,14 @@ def noisy_labels(samples, split: Split, kind: str, rate: float, seed: int) -> tu
 
 
 def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, *, epochs: int,
-              batch_size: int, lr: float, seed: int) -> ProxyRun:
-    """Train a fresh linear head on the train features with Grad-Mimic and dynamics recording."""
+              batch_size: int, lr: float | None, seed: int) -> ProxyRun:
+    """Train a fresh linear head on the train features with Grad-Mimic and dynamics recording.
+
+    ``lr`` None: ``probe_learning_rate`` of the train features (10 / mean ||h||^2, as the demo).
+    """
     feats = ref.train_features
+    if lr is None:
+        lr = probe_learning_rate(feats)
     n, d = feats.shape
     reference = LinearProbe(d, num_classes)
     with torch.no_grad():
@@ -98,4 +105,4 @@ def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, 
     fit(head, feats, labels, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed,
         hooks=hooks, progress=False, desc="proxy")
     acc = accuracy(head, ref.test_features, test_labels)
-    return ProxyRun(np.asarray(labels), np.asarray(corrupted), mimic, dyn, acc)
+    return ProxyRun(np.asarray(labels), np.asarray(corrupted), mimic, dyn, acc, float(lr))

@@ -29,6 +29,7 @@ from keepset.io import check_writable, write_keep_list, write_manifest, write_sc
 from keepset.models import LinearProbe, model_for_inputs, save_checkpoint
 from keepset.selection.stage2 import estimate_quality, stage2_filter
 from keepset.training import DynamicsRecorder, GradMimicHook, accuracy, embed, fit
+from keepset.training.step_size import probe_learning_rate
 
 SETTINGS = ("probe", "finetune")
 OUTPUT_FILES = ("summary.json", "scores.parquet", "keep.npy", "model.safetensors", "reference.safetensors",
@@ -64,16 +65,6 @@ def _backbone_kind(cfg: DemoConfig, input_shape) -> str:
     if cfg.backbone not in ("mlp", "cnn"):
         raise ValueError(f"backbone must be 'mlp' or 'cnn', got {cfg.backbone!r}")
     return cfg.backbone
-
-
-def probe_learning_rate(features: np.ndarray, scale: float = 10.0) -> float:
-    """SGD step for a linear head on ``features`` [N, d]: ``scale / mean ||h||^2``.
-
-    The curvature of cross-entropy in the head's weights grows with ||h||^2, so a fixed step that is
-    right for one backbone diverges on another (Fashion-MNIST features are twice as long as digits'
-    and lr 0.1 gave a head at 0.38 test accuracy); normalising by the squared norm fixes that.
-    """
-    return float(scale / max(np.mean(np.sum(features.astype(np.float64) ** 2, axis=1)), 1e-12))
 
 
 def _check_outputs(out: Path, overwrite: bool) -> None:
