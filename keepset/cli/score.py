@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
+from keepset.cli._method_flags import add_method_flags, method_options
 from keepset.data import SPEC_HELP
 from keepset.scoring.registry import SCORERS, get_scorer, scorer_modules
 
@@ -28,37 +28,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    owners: dict[str, tuple[str, str, object]] = {}  # dest -> (scorer module, flag, default)
-    for module in scorer_modules():
-        mod = importlib.import_module(module)
-        if hasattr(mod, "add_arguments"):
-            before = len(p._actions)
-            mod.add_arguments(p)
-            for action in p._actions[before:]:
-                owners[action.dest] = (module, action.option_strings[0], action.default)
-    p.set_defaults(func=run, _scorer_options=owners)
+    p.set_defaults(func=run, _method_flags=add_method_flags(p, scorer_modules()))
 
 
 def _method_options(args) -> dict:
-    """The options the chosen scorer reads: the common ones and its own module's flags.
-
-    A flag of another scorer set to something other than its default is an error (it would be ignored).
-    """
-    own_module = SCORERS[args.method][0]
-    owners = args._scorer_options
-    options = {}
-    for key, value in vars(args).items():
-        if key in ("func", "command", "data", "out", "quiet", "_scorer_options"):
-            continue
-        if key in owners and owners[key][0] != own_module:
-            module, flag, default = owners[key]
-            if value != default:
-                users = sorted(m for m, (mod, _, _) in SCORERS.items() if mod == module)
-                raise ValueError(f"{flag} does not apply to --method {args.method}; it is an option of "
-                                 f"{', '.join(users)}. Drop it, or choose one of those methods")
-            continue
-        options[key] = value
-    return options
+    """The common options and the chosen scorer's own flags (another scorer's flag, if set, is an error)."""
+    flags = args._method_flags
+    return method_options(args, flags, args.method, lambda m, dest: flags[dest][0] == SCORERS[m][0], SCORERS,
+                          skip=("data", "out", "quiet"))
 
 
 def run(args) -> int:

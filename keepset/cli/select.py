@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
-from keepset.selection.registry import SELECTORS, get_selector, selector_modules
+from keepset.cli._method_flags import add_method_flags, method_options
+from keepset.selection.registry import SELECTOR_FLAGS, SELECTORS, get_selector, selector_modules
 
 EXAMPLES = """examples:
   keepset select --scores out/demo/scores.parquet --method top --column mimic_mean --ratio 0.6 --out keep.npy
@@ -26,14 +26,9 @@ def add_parser(subparsers) -> None:
                    help="ids: the table's ids; datacomp: 128-bit hex uids as sorted u8,u8 pairs")
     p.add_argument("--seed", type=int, default=0, help="seed of randomised selectors")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    for module in selector_modules():
-        mod = importlib.import_module(module)
-        if hasattr(mod, "add_arguments"):
-            try:
-                mod.add_arguments(p)
-            except argparse.ArgumentError:
-                pass  # a flag another selector already declared
-    p.set_defaults(func=run)
+    # --ratio is read by most selectors but not all (expr): checked like the selectors' own flags
+    flags = {"ratio": ("keepset.cli.select", "--ratio", None), **add_method_flags(p, selector_modules())}
+    p.set_defaults(func=run, _method_flags=flags)
 
 
 def run(args) -> int:
@@ -41,9 +36,10 @@ def run(args) -> int:
 
     from keepset.io import check_writable, read_score_table, uids_to_datacomp, write_keep_list, write_manifest
 
+    options = method_options(args, args._method_flags, args.method, lambda m, dest: dest in SELECTOR_FLAGS[m],
+                             SELECTORS, skip=("scores", "out", "method"))
     check_writable(args.out, args.overwrite)
     table = read_score_table(args.scores)
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "scores", "out", "method")}
     keep = np.asarray(get_selector(args.method)(table, **options))
     if keep.dtype != np.bool_ or keep.shape != table["id"].shape:
         raise ValueError(f"selector {args.method} returned a mask of shape {keep.shape}, dtype {keep.dtype}")

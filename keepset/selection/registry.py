@@ -2,7 +2,8 @@
 
 A selector is ``fn(table: dict[str, ndarray [N]], **options) -> bool keep mask [N]``, where ``table``
 is a score table (``id``, ``label``, score columns) and ``options`` holds the CLI flags (``ratio`` ...).
-Its module may define ``add_arguments(parser)``. Adding a selector is one file plus one entry below.
+Its module may define ``add_arguments(parser)``. Adding a selector is one file plus one entry in
+``SELECTORS`` and one in ``SELECTOR_FLAGS`` below.
 """
 
 from __future__ import annotations
@@ -27,6 +28,20 @@ SELECTORS: dict[str, tuple[str, str, str]] = {
                 "k-center greedy coreset on --features"),
     "expr": ("keepset.selection.baseline_selectors", "select_expr_table",
              "set algebra, e.g. --expr \"top(clip, 0.3) - bottom(mimic, 0.2)\""),
+}
+
+#: the ``keepset select`` flags (argparse dests) each selector reads besides --seed; any other method flag
+#: given with that selector is refused rather than ignored
+SELECTOR_FLAGS: dict[str, frozenset[str]] = {
+    "top": frozenset({"ratio", "column", "lowest"}),
+    "stage2": frozenset({"ratio", "dynamics", "binarize", "vote"}),
+    "clip-powered": frozenset({"ratio", "lam", "beta", "faithful", "sas_column", "sds_column"}),
+    "random": frozenset({"ratio", "balanced"}),
+    "balanced": frozenset({"ratio", "column", "lowest"}),
+    "ccs": frozenset({"ratio", "column", "hard_cutoff", "strata", "hardest"}),
+    "moderate": frozenset({"ratio", "features"}),
+    "kcenter": frozenset({"ratio", "features"}),
+    "expr": frozenset({"expr"}),
 }
 
 
