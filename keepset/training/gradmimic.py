@@ -49,6 +49,10 @@ class GradMimicHook:
     apply_to : "layers" (weights apply to the scored layers, others keep the mean gradient) or "all".
     recorder : a ``DynamicsRecorder`` with fields "mimic" and "mimic_normed", or None.
     fused : use the fused step (module docstring) whenever the scored layers allow it.
+
+    The fused step consumes the batch's autograd graph: a hook after it cannot backpropagate through
+    ``state.losses``. To record Mimic Scores while another hook (RHO-loss, GraNd) weights the batch, put that
+    hook first and use ``reweight=False``: the scores are then computed without touching its weights.
     """
 
     def __init__(self, reference: nn.Module, *, layers: str | Sequence[str] | None = None, method: str = "proj",
@@ -130,7 +134,10 @@ class GradMimicHook:
         return scores_from_terms(dots, norms, v_norm, self.method)
 
     def on_batch(self, state: BatchState) -> None:
-        if self._plan is not None and self._fused_batch(state):
+        # the fused step computes the step's gradients itself, with its own weights (uniform when not
+        # re-weighting); when an earlier hook already weighted the batch it only scores, unfused
+        earlier = state.sample_weights is not None or state.param_grads is not None
+        if self._plan is not None and not earlier and self._fused_batch(state):
             return
         score = self.batch_scores(state)
         normed = torch.softmax(score / self.temperature, dim=0)

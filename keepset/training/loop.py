@@ -5,6 +5,7 @@ A hook may implement any of::
 
     on_train_start(model, n_samples, steps_per_epoch, epochs)
     on_batch(state)        # after the forward pass, before backward; may set state.sample_weights
+                           # (at most one hook per batch may set weights or param_grads)
     on_step_end(state)     # after the optimiser step
     on_epoch_end(epoch, model)
     on_train_end(model)
@@ -74,6 +75,29 @@ def _call(hooks, name: str, *args) -> None:
             fn(*args)
 
 
+def _on_batch(hooks, state: BatchState) -> None:
+    """Call every hook's ``on_batch``; at most one of them may set the batch's weights or gradients.
+
+    Two re-weighting hooks would silently override each other (the last, or the one that computed the
+    gradients, would win), so that raises ValueError naming both.
+    """
+    setter = None
+    for h in hooks:
+        fn = getattr(h, "on_batch", None)
+        if fn is None:
+            continue
+        before = (state.sample_weights, state.param_grads)
+        fn(state)
+        if state.sample_weights is not before[0] or state.param_grads is not before[1]:
+            if setter is not None:
+                raise ValueError(
+                    f"hooks {type(setter).__name__} and {type(h).__name__} both set the batch's weights or "
+                    "gradients, so one would silently override the other. Keep one re-weighting hook; to record "
+                    "Mimic Scores under another method's weights, put that method's hook before "
+                    "GradMimicHook(reweight=False)")
+            setter = h
+
+
 def fit(model: nn.Module, x, y, *, epochs: int = 10, batch_size: int = 128, optimizer: str = "sgd",
         lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0, seed: int = 0,
         hooks: Sequence[Any] = (), loss_fn: Callable | None = None, progress: bool = True,
@@ -119,7 +143,7 @@ def fit(model: nn.Module, x, y, *, epochs: int = 10, batch_size: int = 128, opti
                 losses = loss_fn(logits, yb)
                 state = BatchState(epoch, step, idx, xb, yb, logits, losses,
                                    captured.get("h").detach() if "h" in captured else None, model)
-                _call(hooks, "on_batch", state)
+                _on_batch(hooks, state)
                 opt.zero_grad(set_to_none=True)
                 _backward(state, params)
                 opt.step()
