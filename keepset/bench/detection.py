@@ -4,14 +4,16 @@ noise at several rates; mean and standard deviation over seeds.
 
 Setting (keepset.evaluation.proxy): train / trusted / test split (0.6 / 0.15 / 0.25); a network trained
 on the trusted split's clean labels is the reference; a fresh linear head on its frozen backbone's
-features of the noisy train split is trained with plain SGD while Grad-Mimic and the dynamics hook
-record every step. Every method is computed from that one run (cleanlab: 5-fold logistic regression
-on the same features).
+features of the noisy train split is trained twice from one initialisation: with Grad-Mimic's Stage 1
+re-weighting, recording every step's Mimic Score (the published pipeline: Stage 2 filters on the scores
+of the re-weighted run), and with plain SGD, recording the training dynamics of the baselines (and the
+Mimic Scores of that run, for the ``_sgd`` rows). cleanlab: 5-fold logistic regression on the same features.
 
 How each method flags (AUROC is threshold-free and uses the suspicion score in brackets):
-  stage2      Grad-Mimic Stage 2: per-step threshold 1/B on the normed score + majority vote
-              [fraction of steps voting drop]
-  mimic       2-means on the mean Mimic Score, low cluster flagged [-mean mimic]
+  stage2      Grad-Mimic Stage 2 on the re-weighted run: per-step threshold 1/B on the normed score +
+              majority vote [fraction of steps voting drop]
+  mimic       2-means on the mean Mimic Score of the re-weighted run, low cluster flagged [-mean mimic]
+  stage2_sgd, mimic_sgd   the same on the Mimic Scores recorded during the plain-SGD run
   loss, el2n, grand, forgetting   2-means on the score, high cluster flagged [score]
   aum         AUM < 0 [-AUM]
   margin      last-epoch margin (assigned logit - largest other) < 0 [-margin]
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from keepset.bench._script import script_main
 
-METHODS = ("stage2", "mimic", "loss", "el2n", "grand", "aum", "forgetting", "margin", "cleanlab")
+METHODS = ("stage2", "mimic", "stage2_sgd", "mimic_sgd", "loss", "el2n", "grand", "aum", "forgetting", "margin", "cleanlab")
 METRICS = ("precision", "recall", "f1", "auroc", "quality_est", "quality_err")
 
 
@@ -75,17 +77,18 @@ def detect(run, methods, *, early_epochs: int, folds: int, features, seed: int) 
     out: dict[str, dict] = {}
     for m in methods:
         t0 = time.perf_counter()
-        if m == "stage2":
+        rec = run.gradmimic if m in ("stage2", "mimic") else run.mimic
+        if m in ("stage2", "stage2_sgd"):
             from keepset.selection.binarize import binarize_steps
             from keepset.selection.stage2 import aggregate_votes
 
-            d = binarize_steps(run.mimic.values["mimic_normed"], run.mimic.step, method="threshold",
-                               batch_sizes=run.mimic.batch_sizes)
+            d = binarize_steps(rec.values["mimic_normed"], rec.step, method="threshold",
+                               batch_sizes=rec.batch_sizes)
             keep = aggregate_votes(d, vote="majority")
             suspicion = (d == 0).sum(0) / np.maximum((d >= 0).sum(0), 1)
             flags = ~keep
-        elif m == "mimic":
-            suspicion = -run.mimic.mean("mimic").astype(np.float64)
+        elif m in ("mimic", "mimic_sgd"):
+            suspicion = -rec.mean("mimic").astype(np.float64)
             flags = two_means_flags(suspicion)
         elif m in ("loss", "el2n", "grand", "forgetting"):
             suspicion = dyn[m]
@@ -139,14 +142,15 @@ def run(args) -> int:
         labels, corrupted = noisy_labels(samples, split, kind, rate, seed)
         t0 = time.perf_counter()
         prun = proxy_run(ref, labels, corrupted, samples.labels[split.test], samples.num_classes,
-                         epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed)
+                         epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed,
+                         gradmimic=bool({"stage2", "mimic"} & set(args.methods)))
         proxy_s = time.perf_counter() - t0
         methods = detect(prun, args.methods, early_epochs=args.early_epochs, folds=args.folds,
                          features=ref.train_features, seed=seed)
         store.put(cell_key(seed=seed, kind=kind, rate=rate),
                   {"seed": seed, "kind": kind, "rate": rate, "true_quality": 1.0 - float(corrupted.mean()),
                    "reference_accuracy": ref.trusted_accuracy, "head_accuracy": prun.head_test_accuracy,
-                   "head_lr": prun.head_lr,
+                   "head_lr": prun.head_lr, "gradmimic_head_accuracy": prun.gradmimic_test_accuracy,
                    "proxy_seconds": proxy_s, "methods": methods})
         bar.update(1)
     bar.close()
@@ -175,6 +179,7 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
     seeds = sorted({c["seed"] for c in store.cells.values()})
     ref_acc = [c["reference_accuracy"] for c in store.cells.values()]
     head_acc = [c["head_accuracy"] for c in store.cells.values()]
+    gm_acc = [c.get("gradmimic_head_accuracy") for c in store.cells.values()]
     lrs = [c["head_lr"] for c in store.cells.values() if "head_lr" in c]
     if cfg.get("head_lr") is not None:
         step = f"head SGD step {cfg['head_lr']:g}"
@@ -185,7 +190,8 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
     text = [f"# Mislabel detection: {cfg['data']}, reference {cfg['model']}\n",
             f"Seeds: {seeds}; reference epochs {cfg['ref_epochs']}, linear head epochs {cfg['head_epochs']}, "
             f"batch {cfg['batch_size']}, {step}. Reference test accuracy (trusted split only): {fmt(mean_std(ref_acc))}; "
-            f"recorded head test accuracy: {fmt(mean_std(head_acc))}. Values: mean ± std over seeds.\n",
+            f"head test accuracy, plain SGD: {fmt(mean_std(head_acc))}, Grad-Mimic: {fmt(mean_std(gm_acc))}. "
+            "Values: mean ± std over seeds.\n",
             "## AUROC (threshold-free)\n"]
     settings = sorted({(k[0], k[1]) for k in agg}, key=lambda s: (s[0] != "symmetric", s[1]))
     methods = [m for m in METHODS if any(k[2] == m for k in agg)]

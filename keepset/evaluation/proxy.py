@@ -4,13 +4,17 @@
 2. train a network on the trusted split's clean labels (the reference) and freeze its backbone;
 3. train a fresh linear head on the (noisy) train split's backbone features with plain SGD, while
    ``GradMimicHook`` (reference = a LinearProbe holding the trusted net's head, ``reweight=False``)
-   records every step's Mimic Score and ``DynamicsHook`` records loss / correctness / margins ...
+   records every step's Mimic Score and ``DynamicsHook`` records loss / correctness / margins ...;
+4. optionally (``gradmimic=True``) train the same fresh head with Grad-Mimic's Stage 1 re-weighting,
+   recording every step's Mimic Score: the input of Grad-Mimic's Stage 2 in the published pipeline and
+   in keepset's demo.
 
 Every method is scored from that one proxy run, so all of them see the same data, model and budget.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +52,8 @@ class ProxyRun:
     dynamics: DynamicsRecorder  # fields DYNAMICS_FIELDS
     head_test_accuracy: float
     head_lr: float  # the SGD step the head was trained with
+    gradmimic: DynamicsRecorder | None = None  # mimic, mimic_normed recorded during Grad-Mimic training
+    gradmimic_test_accuracy: float | None = None
 
 
 def make_split(labels, seed: int) -> Split:
@@ -84,8 +90,9 @@ def noisy_labels(samples, split: Split, kind: str, rate: float, seed: int) -> tu
 
 
 def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, *, epochs: int,
-              batch_size: int, lr: float | None, seed: int) -> ProxyRun:
-    """Train a fresh linear head on the train features with Grad-Mimic and dynamics recording.
+              batch_size: int, lr: float | None, seed: int, gradmimic: bool = False) -> ProxyRun:
+    """Train a fresh linear head on the train features with plain SGD, recording Mimic Scores and dynamics;
+    with ``gradmimic`` also the same head with Grad-Mimic re-weighting, recording Mimic Scores.
 
     ``lr`` None: ``probe_learning_rate`` of the train features (10 / mean ||h||^2, as the demo).
     """
@@ -98,11 +105,19 @@ def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, 
         reference.head.weight.copy_(ref.net.head.weight)
         reference.head.bias.copy_(ref.net.head.bias)
     torch.manual_seed(seed + 1)
-    head = LinearProbe(d, num_classes)
+    head0 = LinearProbe(d, num_classes)
+    head = copy.deepcopy(head0)
     mimic = DynamicsRecorder(n, epochs, ("mimic", "mimic_normed"))
     dyn = DynamicsRecorder(n, epochs, DYNAMICS_FIELDS)
     hooks = [GradMimicHook(reference, reweight=False, recorder=mimic), DynamicsHook(dyn)]
     fit(head, feats, labels, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed,
         hooks=hooks, progress=False, desc="proxy")
     acc = accuracy(head, ref.test_features, test_labels)
-    return ProxyRun(np.asarray(labels), np.asarray(corrupted), mimic, dyn, acc, float(lr))
+    out = ProxyRun(np.asarray(labels), np.asarray(corrupted), mimic, dyn, acc, float(lr))
+    if gradmimic:
+        out.gradmimic = DynamicsRecorder(n, epochs, ("mimic", "mimic_normed"))
+        fit(head0, feats, labels, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed,
+            hooks=[GradMimicHook(reference, reweight=True, recorder=out.gradmimic)], progress=False,
+            desc="proxy (Grad-Mimic)")
+        out.gradmimic_test_accuracy = accuracy(head0, ref.test_features, test_labels)
+    return out
