@@ -5,13 +5,15 @@ clean test split, mean and standard deviation over seeds.
 Budget: every run takes the same number of SGD steps, ``--epochs`` epochs over the FULL train split
 (so a 10% subset is seen ~10x as often); the same seeded initial weights for every method.
 
-Scores come from the shared proxy run (keepset.evaluation.proxy: reference on the trusted split,
-linear head on its frozen features of the train split, recorded with Grad-Mimic and the dynamics
-hook) on the labels of the cell (clean or noisy). Methods and what they keep:
+Scores come from the shared proxy runs (keepset.evaluation.proxy: reference on the trusted split,
+linear head on its frozen features of the train split) on the labels of the cell (clean or noisy): the
+baselines' dynamics from a plain-SGD run, Grad-Mimic's scores from a run with Stage 1 re-weighting (the
+published pipeline). Methods and what they keep:
   random      uniform random
-  mimic       highest mean Mimic Score (Grad-Mimic)
+  mimic       highest mean Mimic Score (Grad-Mimic run)
   mimic_balanced  highest mean Mimic Score inside every (given) class, class quotas kept
   stage2      Grad-Mimic Stage 2 filter at its OWN ratio (reported once per noise level, ratio "auto")
+  stage2_sgd  the same filter on the Mimic Scores recorded during the plain-SGD run
   el2n        highest EL2N (hardest; Paul et al.)
   forgetting  most forgetting events (Toneva et al.)
   aum         highest AUM (cleanest by AUM)
@@ -34,7 +36,9 @@ from pathlib import Path
 import numpy as np
 from keepset.bench._script import script_main
 
-METHODS = ("random", "mimic", "mimic_balanced", "stage2", "el2n", "forgetting", "aum", "ccs", "moderate", "kcenter")
+METHODS = ("random", "mimic", "mimic_balanced", "stage2", "stage2_sgd", "el2n", "forgetting", "aum", "ccs", "moderate", "kcenter")
+#: methods that choose their own keep ratio (one run per noise level, ratio "auto")
+OWN_RATIO = ("stage2", "stage2_sgd")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -170,7 +174,7 @@ def run(args) -> int:
         for noise in args.noise:
             cells.append((s, noise, "full", 1.0))
             for m in args.methods:
-                if m == "stage2":
+                if m in OWN_RATIO:
                     cells.append((s, noise, m, "auto"))
                 else:
                     cells += [(s, noise, m, r) for r in args.ratios]
@@ -196,9 +200,10 @@ def run(args) -> int:
         if needs_proxy and noise not in ctx_noise:
             ref = ctx_seed["ref"]
             prun = proxy_run(ref, labels, corrupted, samples.labels[split.test], samples.num_classes,
-                             epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed)
+                             epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed,
+                             gradmimic=True)
             ctx_noise[noise] = {"labels": labels, "features": ref.train_features, "run": prun,
-                                "mimic": prun.mimic.mean("mimic").astype(np.float64),
+                                "mimic": prun.gradmimic.mean("mimic").astype(np.float64),
                                 "scores": dynamics_scores(prun.dynamics.values, args.early_epochs)}
         if method == "kcenter" and "kcenter_order" not in ctx_seed:
             top = n_to_keep(len(labels), max(args.ratios))
@@ -206,10 +211,12 @@ def run(args) -> int:
                                                        seed=selection_seed(seed))
         if method == "full":
             mask = np.ones(len(labels), dtype=bool)
-        elif method == "stage2":
+        elif method in OWN_RATIO:
             from keepset.selection.stage2 import stage2_filter
 
-            mask = stage2_filter(ctx_noise[noise]["run"].mimic, binarize="threshold", vote="majority")
+            prun = ctx_noise[noise]["run"]
+            mask = stage2_filter(prun.gradmimic if method == "stage2" else prun.mimic, binarize="threshold",
+                                 vote="majority")
         else:
             ctx = dict(ctx_noise.get(noise, {"labels": labels}))
             ctx["kcenter_order"] = ctx_seed.get("kcenter_order")
@@ -248,20 +255,21 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
         full = agg.get((noise, "full", 1.0))
         rows = []
         for m in methods:
-            if m == "stage2":
+            if m in OWN_RATIO:
                 continue
             rows.append([m] + [fmt(agg[(noise, m, r)]["accuracy"]) if (noise, m, r) in agg else "–" for r in ratios])
         text.append(markdown_table(["method"] + [f"keep {r:g}" for r in ratios], rows))
         if full:
             text.append(f"\nAll data (ratio 1): {fmt(full['accuracy'])}.\n")
-        st = agg.get((noise, "stage2", "auto"))
-        if st:
-            text.append(f"Grad-Mimic Stage 2 filter at its own ratio {fmt(st['kept_fraction'])}: accuracy "
-                        f"{fmt(st['accuracy'])} (corrupted among kept: {fmt(st['kept_corrupted_fraction'])}).\n")
+        for m, what in (("stage2", "Grad-Mimic Stage 2 filter"), ("stage2_sgd", "Stage 2 on the plain-SGD scores")):
+            st = agg.get((noise, m, "auto"))
+            if st:
+                text.append(f"{what} at its own ratio {fmt(st['kept_fraction'])}: accuracy {fmt(st['accuracy'])} "
+                            f"(corrupted among kept: {fmt(st['kept_corrupted_fraction'])}).\n")
         if noise > 0:
             text.append("\nFraction of corrupted labels among the kept samples:\n\n")
             rows = [[m] + [fmt(agg[(noise, m, r)]["kept_corrupted_fraction"]) if (noise, m, r) in agg else "–"
-                           for r in ratios] for m in methods if m != "stage2"]
+                           for r in ratios] for m in methods if m not in OWN_RATIO]
             text.append(markdown_table(["method"] + [f"keep {r:g}" for r in ratios], rows))
     write_text_atomic(out / "results.md", "\n".join(text), overwrite=True)
     if plots and recs:
@@ -275,11 +283,12 @@ def _plot(agg, noises, ratios, methods, out: Path) -> None:
     fig, axes = plt.subplots(1, len(noises), figsize=(5.5 * len(noises), 4.2), squeeze=False)
     for ax, noise in zip(axes[0], noises):
         for m in methods:
-            if m == "stage2":
+            if m in OWN_RATIO:
                 st = agg.get((noise, m, "auto"))
                 if st:
                     ax.errorbar([st["kept_fraction"][0]], [st["accuracy"][0]], yerr=[st["accuracy"][1]],
-                                marker="*", markersize=12, linestyle="none", label="stage2 (own ratio)")
+                                marker="*" if m == "stage2" else "X", markersize=12, linestyle="none",
+                                label=f"{m} (own ratio)")
                 continue
             pts = [(r, agg[(noise, m, r)]["accuracy"]) for r in ratios if (noise, m, r) in agg]
             if pts:
