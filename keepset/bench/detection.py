@@ -221,6 +221,8 @@ def _plots(agg, settings, methods, out: Path) -> None:
     from keepset.evaluation.report import pyplot, save_figure
 
     plt = pyplot()
+    # more methods than the default colour cycle holds: one tab20 colour each
+    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
     kinds = sorted({k for k, _ in settings}, key=lambda k: k != "symmetric")
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
@@ -228,7 +230,8 @@ def _plots(agg, settings, methods, out: Path) -> None:
         for m in methods:
             ys = [agg[(kind, r, m)]["auroc"] for r in rates if (kind, r, m) in agg]
             if len(ys) == len(rates):
-                ax.errorbar(rates, [y[0] for y in ys], yerr=[y[1] for y in ys], marker="o", capsize=3, label=m)
+                ax.errorbar(rates, [y[0] for y in ys], yerr=[y[1] for y in ys], marker="o", capsize=3, label=m,
+                            color=colours[m])
         ax.set(title=f"{kind} noise", xlabel="noise rate", ylabel="AUROC")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="lower left")
@@ -244,7 +247,7 @@ def _plots(agg, settings, methods, out: Path) -> None:
                 a = agg.get((kind, r, m))
                 if a is not None:
                     ax.errorbar(a["recall"][0], a["precision"][0], xerr=a["recall"][1], yerr=a["precision"][1],
-                                marker="o", capsize=2, label=m)
+                                marker="o", capsize=2, label=m, color=colours[m])
             ax.set(title=f"{kind} {r:g}", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7, loc="lower left")
