@@ -8,6 +8,7 @@ count is kept.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Iterable
 
@@ -31,6 +32,18 @@ class _LineWriter:
         self.stream.flush()
 
 
+@functools.lru_cache(maxsize=None)
+def _log_bar_class():
+    from tqdm.std import tqdm
+
+    class LogBar(tqdm):
+        """No monitor thread: it would redraw (print a line) without progress."""
+
+        monitor_interval = 0
+
+    return LogBar
+
+
 def _is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -52,5 +65,5 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
     if _is_terminal(stream):
         return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=leave, dynamic_ncols=True,
                     file=stream, **kwargs)
-    return tqdm(iterable, total=total, desc=desc, disable=not enabled, leave=True, file=_LineWriter(stream),
-                mininterval=LOG_INTERVAL_S, ncols=100, ascii=True, **kwargs)
+    return _log_bar_class()(iterable, total=total, desc=desc, disable=not enabled, leave=True,
+                            file=_LineWriter(stream), mininterval=LOG_INTERVAL_S, ncols=100, ascii=True, **kwargs)
