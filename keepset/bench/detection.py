@@ -218,11 +218,10 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
 
 
 def _plots(agg, settings, methods, out: Path) -> None:
-    from keepset.evaluation.report import pyplot, save_figure
+    from keepset.evaluation.report import distinct_colours, pyplot, save_figure
 
     plt = pyplot()
-    # more methods than the default colour cycle holds: one tab20 colour each
-    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    colours = distinct_colours(methods)  # more methods than the default colour cycle holds
     kinds = sorted({k for k, _ in settings}, key=lambda k: k != "symmetric")
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):

@@ -277,10 +277,11 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
 
 
 def _plot(agg, noises, ratios, methods, out: Path) -> None:
-    from keepset.evaluation.report import pyplot, save_figure
+    from keepset.evaluation.report import distinct_colours, pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(noises), figsize=(5.5 * len(noises), 4.2), squeeze=False)
+    colours = distinct_colours(methods)  # more methods than the default colour cycle holds
     for ax, noise in zip(axes[0], noises):
         for m in methods:
             if m in OWN_RATIO:
@@ -288,12 +289,12 @@ def _plot(agg, noises, ratios, methods, out: Path) -> None:
                 if st:
                     ax.errorbar([st["kept_fraction"][0]], [st["accuracy"][0]], yerr=[st["accuracy"][1]],
                                 marker="*" if m == "stage2" else "X", markersize=12, linestyle="none",
-                                label=f"{m} (own ratio)")
+                                label=f"{m} (own ratio)", color=colours[m])
                 continue
             pts = [(r, agg[(noise, m, r)]["accuracy"]) for r in ratios if (noise, m, r) in agg]
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
-                            marker="o", capsize=3, label=m)
+                            marker="o", capsize=3, label=m, color=colours[m])
         full = agg.get((noise, "full", 1.0))
         if full:
             ax.axhline(full["accuracy"][0], color="gray", linestyle="--", label="all data")

@@ -67,3 +67,15 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def distinct_colours(names: Sequence[str]) -> dict[str, tuple]:
+    """One colour per name, as far apart as matplotlib's ``tab20`` allows.
+
+    ``tab20`` stores each hue as a dark/light pair; the first ten names get the ten dark hues and
+    the next ten the light ones, so neighbouring rows of a legend never share a hue. Past 20 names
+    the colours repeat.
+    """
+    plt = pyplot()
+    cmap = plt.get_cmap("tab20")
+    return {name: cmap((2 * i) % 20 + (i // 10) % 2) for i, name in enumerate(names)}
