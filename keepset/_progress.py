@@ -37,9 +37,22 @@ def _log_bar_class():
     from tqdm.std import tqdm
 
     class LogBar(tqdm):
-        """No monitor thread: it would redraw (print a line) without progress."""
+        """No monitor thread: it would redraw (print a line) without progress; postfix and description
+        changes wait for the next timed refresh instead of forcing a line each."""
 
         monitor_interval = 0
+
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+        def set_postfix_str(self, s="", refresh=True):
+            super().set_postfix_str(s, refresh=False)
+
+        def set_description(self, desc=None, refresh=True):
+            super().set_description(desc, refresh=False)
+
+        def set_description_str(self, desc=None, refresh=True):
+            super().set_description_str(desc, refresh=False)
 
     return LogBar
 
