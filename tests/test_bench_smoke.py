@@ -14,19 +14,19 @@ pytest.importorskip("matplotlib")
 def test_detection_tiny_run_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "det"
     argv = ["--seeds", "1", "--kinds", "symmetric", "--rates", "0.4", "--ref-epochs", "15", "--head-epochs", "4",
-            "--methods", "stage2", "mimic", "loss", "aum", "cleanlab", "--folds", "3",
+            "--methods", "stage2", "mimic", "reference", "loss", "aum", "cleanlab", "--folds", "3",
             "--out", str(out), "--no-progress"]
     assert detection.main(argv) == 0
     doc = json.loads((out / "results.json").read_text())
     (cell,) = doc["cells"].values()
     assert cell["kind"] == "symmetric" and cell["rate"] == 0.4
     assert abs(cell["true_quality"] - 0.6) < 0.01
-    for m in ("stage2", "mimic", "loss", "aum", "cleanlab"):
+    for m in ("stage2", "mimic", "reference", "loss", "aum", "cleanlab"):
         r = cell["methods"][m]
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 and 0 <= r["auroc"] <= 1
         assert abs(r["quality_err"] - abs(r["quality_est"] - cell["true_quality"])) < 1e-9
     # a reference trained on clean trusted labels makes mislabels stand out (far above chance)
-    assert cell["methods"]["mimic"]["auroc"] > 0.8
+    assert cell["methods"]["mimic"]["auroc"] > 0.8 and cell["methods"]["reference"]["auroc"] > 0.8
     assert (out / "results.md").exists() and (out / "precision_recall.png").stat().st_size > 0
     assert (out / "auroc_vs_rate.png").exists()
 

@@ -14,11 +14,15 @@ How each method flags (AUROC is threshold-free and uses the suspicion score in b
               majority vote [fraction of steps voting drop]
   mimic       2-means on the mean Mimic Score of the re-weighted run, low cluster flagged [-mean mimic]
   stage2_sgd, mimic_sgd   the same on the Mimic Scores recorded during the plain-SGD run
+  reference   the reference network's prediction differs from the label [its cross-entropy on the label];
+              quality estimate: its agreement rate corrected for its error rate (measured on the clean
+              test split, standing in for a held-out part of the trusted set); the one baseline that,
+              like Grad-Mimic, uses the trusted clean data
   loss, el2n, grand, forgetting   2-means on the score, high cluster flagged [score]
   aum         AUM < 0 [-AUM]
   margin      last-epoch margin (assigned logit - largest other) < 0 [-margin]
   cleanlab    cleanlab.filter.find_label_issues flags [-self-confidence]
-Quality estimate of every method: the fraction of samples it does not flag.
+Quality estimate of every other method: the fraction of samples it does not flag.
 
   keepset bench detection                       # digits, a few minutes
   keepset bench detection --data fashion-mnist  # the real benchmark (MLP; --model cnn for the CNN)
@@ -34,7 +38,8 @@ from pathlib import Path
 import numpy as np
 from keepset.bench._script import script_main
 
-METHODS = ("stage2", "mimic", "stage2_sgd", "mimic_sgd", "loss", "el2n", "grand", "aum", "forgetting", "margin", "cleanlab")
+METHODS = ("stage2", "mimic", "stage2_sgd", "mimic_sgd", "reference", "loss", "el2n", "grand", "aum", "forgetting",
+           "margin", "cleanlab")
 METRICS = ("precision", "recall", "f1", "auroc", "quality_est", "quality_err")
 
 
@@ -66,8 +71,9 @@ def _config(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
-def detect(run, methods, *, early_epochs: int, folds: int, features, seed: int) -> dict[str, dict]:
-    """Flags and suspicion scores of every method on one proxy run; returns {method: metrics}."""
+def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int) -> dict[str, dict]:
+    """Flags and suspicion scores of every method on one proxy run (``reference``: the
+    ``keepset.evaluation.proxy.Reference`` it was recorded against); returns {method: metrics}."""
     from keepset.evaluation.flagging import two_means_flags
     from keepset.evaluation.metrics import auroc, detection_metrics
     from keepset.scoring.dynamics import dynamics_scores, last_value
@@ -77,6 +83,7 @@ def detect(run, methods, *, early_epochs: int, folds: int, features, seed: int) 
     out: dict[str, dict] = {}
     for m in methods:
         t0 = time.perf_counter()
+        own_quality = None  # a method's own quality estimate, when it has one other than the unflagged fraction
         rec = run.gradmimic if m in ("stage2", "mimic") else run.mimic
         if m in ("stage2", "stage2_sgd"):
             from keepset.selection.binarize import binarize_steps
@@ -90,6 +97,15 @@ def detect(run, methods, *, early_epochs: int, folds: int, features, seed: int) 
         elif m in ("mimic", "mimic_sgd"):
             suspicion = -rec.mean("mimic").astype(np.float64)
             flags = two_means_flags(suspicion)
+        elif m == "reference":
+            from keepset.scoring.reference_agreement import (quality_from_agreement, reference_disagrees,
+                                                             reference_label_loss)
+
+            logits = reference_logits(reference)
+            suspicion = reference_label_loss(logits, run.labels)
+            flags = reference_disagrees(logits, run.labels)
+            own_quality = quality_from_agreement(1.0 - float(flags.mean()), reference.trusted_accuracy,
+                                             logits.shape[1])
         elif m in ("loss", "el2n", "grand", "forgetting"):
             suspicion = dyn[m]
             flags = two_means_flags(suspicion)
@@ -102,18 +118,26 @@ def detect(run, methods, *, early_epochs: int, folds: int, features, seed: int) 
         elif m == "cleanlab":
             from keepset.scoring.peers import cleanlab_label_issues, out_of_sample_probs
 
-            probs = out_of_sample_probs(features, run.labels, n_folds=folds, seed=seed)
+            probs = out_of_sample_probs(reference.train_features, run.labels, n_folds=folds, seed=seed)
             flags, quality = cleanlab_label_issues(run.labels, probs)
             suspicion = -quality
         else:
             raise ValueError(f"unknown detection method {m!r}; choose from {METHODS}")
         res = detection_metrics(np.asarray(flags, dtype=bool), corrupted)
         res["auroc"] = auroc(suspicion, corrupted)
-        res["quality_est"] = 1.0 - float(np.mean(flags))
+        res["quality_est"] = 1.0 - float(np.mean(flags)) if own_quality is None else own_quality
         res["quality_err"] = abs(res["quality_est"] - (1.0 - float(corrupted.mean())))
         res["seconds"] = time.perf_counter() - t0
         out[m] = res
     return out
+
+
+def reference_logits(reference) -> np.ndarray:
+    """The reference network's head on its own frozen features of the train split: float [N_train, K]."""
+    import torch
+
+    with torch.no_grad():
+        return reference.net.head(torch.as_tensor(reference.train_features, dtype=torch.float32)).double().numpy()
 
 
 def run(args) -> int:
@@ -146,7 +170,7 @@ def run(args) -> int:
                          gradmimic=bool({"stage2", "mimic"} & set(args.methods)))
         proxy_s = time.perf_counter() - t0
         methods = detect(prun, args.methods, early_epochs=args.early_epochs, folds=args.folds,
-                         features=ref.train_features, seed=seed)
+                         reference=ref, seed=seed)
         store.put(cell_key(seed=seed, kind=kind, rate=rate),
                   {"seed": seed, "kind": kind, "rate": rate, "true_quality": 1.0 - float(corrupted.mean()),
                    "reference_accuracy": ref.trusted_accuracy, "head_accuracy": prun.head_test_accuracy,
