@@ -25,6 +25,26 @@ def test_demo_meets_acceptance_on_digits_40pct(demo_dir):
     assert s["accuracy"]["gradmimic"] >= s["accuracy"]["sgd"]
 
 
+def test_demo_quality_check_agrees_with_truth_and_stays_quiet_at_40pct(demo_dir):
+    s = json.loads((demo_dir / "summary.json").read_text())
+    q, a = s["quality"], s["accuracy"]["reference"]
+    chance = (1 - a) / 9  # digits: 10 classes
+    assert q["reference_check"] == pytest.approx((q["reference_agreement"] - chance) / (a - chance))
+    assert abs(q["reference_check"] - q["true"]) <= 0.05
+    assert s["warnings"] == []
+
+
+def test_demo_on_clean_labels_warns_that_stage2_over_flags(tmp_path):
+    out = tmp_path / "clean"
+    assert main(["demo", "--noise", "0", "--out", str(out), "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["quality"]["true"] == 1.0
+    assert s["quality"]["estimated"] < 0.6  # the published threshold drops part of every batch
+    assert s["quality"]["reference_check"] >= 0.9
+    (warning,) = s["warnings"]
+    assert "over-flags nearly clean data" in warning
+
+
 def test_demo_outputs_agree_with_each_other(demo_dir):
     s = json.loads((demo_dir / "summary.json").read_text())
     t = read_score_table(demo_dir / "scores.parquet")
