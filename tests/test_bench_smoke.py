@@ -44,12 +44,12 @@ def test_detection_tiny_run_and_resume(tmp_path, monkeypatch):
 def test_pruning_tiny_run(tmp_path):
     out = tmp_path / "prune"
     argv = ["--seeds", "1", "--ratios", "0.5", "--noise", "0.4", "--methods", "random", "mimic", "stage2", "ccs",
-            "kcenter", "moderate", "--epochs", "3", "--ref-epochs", "10", "--head-epochs", "3",
+            "kcenter", "moderate", "reference", "--epochs", "3", "--ref-epochs", "10", "--head-epochs", "3",
             "--out", str(out), "--no-progress"]
     assert pruning.main(argv) == 0
     doc = json.loads((out / "results.json").read_text())
     cells = doc["cells"]
-    assert len(cells) == 1 + 1 + 5  # full, stage2 at its own ratio, 5 methods x 1 ratio
+    assert len(cells) == 1 + 1 + 6  # full, stage2 at its own ratio, 6 methods x 1 ratio
     steps = {c["steps"] for c in cells.values()}
     assert max(steps) - min(steps) <= 17  # same budget for every run (within one subset epoch)
     half = [c for c in cells.values() if c["ratio"] == 0.5]
@@ -59,6 +59,8 @@ def test_pruning_tiny_run(tmp_path):
     assert abs(by["random"]["kept_corrupted_fraction"] - 0.4) < 0.1
     # the Mimic Score keeps far fewer corrupted labels than random
     assert by["mimic"]["kept_corrupted_fraction"] < by["random"]["kept_corrupted_fraction"] - 0.2
+    # and so do the labels the reference trusts most
+    assert by["reference"]["kept_corrupted_fraction"] < by["random"]["kept_corrupted_fraction"] - 0.2
     assert (out / "accuracy_vs_ratio.png").exists() and "keep 0.5" in (out / "results.md").read_text()
 
 

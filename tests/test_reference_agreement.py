@@ -71,3 +71,15 @@ def test_bad_logits_are_refused_with_the_problem_named():
         reference_disagrees(np.zeros((2, 3)), [0, 3])
     with pytest.raises(ValueError, match="non-finite"):
         reference_label_loss(np.array([[0.0, np.nan]]), [0])
+
+
+def test_benchmark_reference_logits_equal_the_whole_network_on_the_inputs():
+    from keepset.evaluation.proxy import Reference
+    from keepset.models import model_for_inputs
+    from keepset.training import embed, predict_logits
+
+    torch.manual_seed(0)
+    net = model_for_inputs("mlp", (8, 8), 10)
+    x = np.random.default_rng(0).normal(size=(20, 8, 8)).astype(np.float32)
+    ref = Reference(net, 0.9, embed(net, x), embed(net, x[:2]))
+    np.testing.assert_allclose(ref.train_logits(), predict_logits(net, x).numpy(), rtol=1e-5, atol=1e-5)

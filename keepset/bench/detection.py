@@ -101,7 +101,7 @@ def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int)
             from keepset.scoring.reference_agreement import (quality_from_agreement, reference_disagrees,
                                                              reference_label_loss)
 
-            logits = reference_logits(reference)
+            logits = reference.train_logits()
             suspicion = reference_label_loss(logits, run.labels)
             flags = reference_disagrees(logits, run.labels)
             own_quality = quality_from_agreement(1.0 - float(flags.mean()), reference.trusted_accuracy,
@@ -130,14 +130,6 @@ def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int)
         res["seconds"] = time.perf_counter() - t0
         out[m] = res
     return out
-
-
-def reference_logits(reference) -> np.ndarray:
-    """The reference network's head on its own frozen features of the train split: float [N_train, K]."""
-    import torch
-
-    with torch.no_grad():
-        return reference.net.head(torch.as_tensor(reference.train_features, dtype=torch.float32)).double().numpy()
 
 
 def run(args) -> int:

@@ -14,6 +14,8 @@ published pipeline). Methods and what they keep:
   mimic_balanced  highest mean Mimic Score inside every (given) class, class quotas kept
   stage2      Grad-Mimic Stage 2 filter at its OWN ratio (reported once per noise level, ratio "auto")
   stage2_sgd  the same filter on the Mimic Scores recorded during the plain-SGD run
+  reference   lowest cross-entropy of the reference network on the given label (the labels it trusts most;
+              the one baseline that, like Grad-Mimic, uses the trusted clean data)
   el2n        highest EL2N (hardest; Paul et al.)
   forgetting  most forgetting events (Toneva et al.)
   aum         highest AUM (cleanest by AUM)
@@ -36,7 +38,8 @@ from pathlib import Path
 import numpy as np
 from keepset.bench._script import script_main
 
-METHODS = ("random", "mimic", "mimic_balanced", "stage2", "stage2_sgd", "el2n", "forgetting", "aum", "ccs", "moderate", "kcenter")
+METHODS = ("random", "mimic", "mimic_balanced", "stage2", "stage2_sgd", "reference", "el2n", "forgetting", "aum", "ccs",
+           "moderate", "kcenter")
 #: methods that choose their own keep ratio (one run per noise level, ratio "auto")
 OWN_RATIO = ("stage2", "stage2_sgd")
 
@@ -119,6 +122,8 @@ def select(method: str, ratio: float, ctx: dict, *, seed: int, ccs_cutoff: float
         return select_class_balanced(ctx["mimic"], ctx["labels"], ratio)
     if method in ("el2n", "forgetting", "aum"):
         return select_top(ctx["scores"][method], ratio)
+    if method == "reference":
+        return select_top(-ctx["reference_loss"], ratio)
     if method == "ccs":
         return ccs_select(ctx["scores"]["aum"], ratio, hard_cutoff=ccs_cutoff, hardest="low", seed=seed)
     if method == "moderate":
@@ -162,6 +167,7 @@ def run(args) -> int:
     from keepset.evaluation.proxy import make_split, noisy_labels, proxy_run, train_reference
     from keepset.evaluation.store import ResultStore, cell_key
     from keepset.scoring.dynamics import dynamics_scores
+    from keepset.scoring.reference_agreement import reference_label_loss
     from keepset.selection.kcenter import k_center_order
     from keepset.selection.topk import n_to_keep
 
@@ -204,7 +210,8 @@ def run(args) -> int:
                              gradmimic=True)
             ctx_noise[noise] = {"labels": labels, "features": ref.train_features, "run": prun,
                                 "mimic": prun.gradmimic.mean("mimic").astype(np.float64),
-                                "scores": dynamics_scores(prun.dynamics.values, args.early_epochs)}
+                                "scores": dynamics_scores(prun.dynamics.values, args.early_epochs),
+                                "reference_loss": reference_label_loss(ref.train_logits(), labels)}
         if method == "kcenter" and "kcenter_order" not in ctx_seed:
             top = n_to_keep(len(labels), max(args.ratios))
             ctx_seed["kcenter_order"] = k_center_order(ctx_seed["ref"].train_features, top,

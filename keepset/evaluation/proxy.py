@@ -41,6 +41,12 @@ class Reference:
     train_features: np.ndarray  # [N_train, d] backbone features of the train split
     test_features: np.ndarray
 
+    def train_logits(self) -> np.ndarray:
+        """The reference network's head on its frozen features of the train split: float64 [N_train, K]."""
+        with torch.no_grad():
+            feats = torch.as_tensor(self.train_features, dtype=torch.float32)
+            return self.net.head(feats).double().numpy()
+
 
 @dataclass
 class ProxyRun:
