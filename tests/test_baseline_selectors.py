@@ -168,18 +168,23 @@ def test_registered_table_selectors():
         get_selector("moderate")(table, ratio=0.3, features="/nonexistent/feats.npy")
 
 
-def test_registered_feature_selectors(tmp_path):
+def test_registered_feature_selectors_join_features_by_id(tmp_path):
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(30, 4)).astype(np.float32)
-    np.save(tmp_path / "f.npy", feats)
-    table = {"id": np.arange(30), "label": np.repeat([0, 1, 2], 10)}
-    m = get_selector("moderate")(table, ratio=0.5, features=str(tmp_path / "f.npy"))
+    ids = np.arange(30) * 10
+    perm = rng.permutation(30)  # the features file lists the samples in another order
+    np.savez(tmp_path / "f.npz", ids=ids[perm], features=feats[perm])
+    table = {"id": ids, "label": np.repeat([0, 1, 2], 10)}
+    m = get_selector("moderate")(table, ratio=0.5, features=str(tmp_path / "f.npz"))
     assert (m == moderate_ds(feats, table["label"], 0.5)).all()
-    k = get_selector("kcenter")(table, ratio=0.2, features=str(tmp_path / "f.npy"), seed=2)
+    k = get_selector("kcenter")(table, ratio=0.2, features=str(tmp_path / "f.npz"), seed=2)
     assert k.sum() == 6
-    np.save(tmp_path / "bad.npy", feats[:5])
-    with pytest.raises(ValueError, match="rows"):
-        get_selector("kcenter")(table, ratio=0.2, features=str(tmp_path / "bad.npy"))
+    np.savez(tmp_path / "bad.npz", ids=ids[:5], features=feats[:5])
+    with pytest.raises(ValueError, match="25 ids only in the score table"):
+        get_selector("kcenter")(table, ratio=0.2, features=str(tmp_path / "bad.npz"))
+    np.save(tmp_path / "f.npy", feats)  # a bare array has no ids: refused, never joined by row position
+    with pytest.raises(ValueError, match="ids"):
+        get_selector("kcenter")(table, ratio=0.2, features=str(tmp_path / "f.npy"))
 
 
 def test_two_means_flags_vs_brute_force():

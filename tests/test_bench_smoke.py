@@ -44,7 +44,7 @@ def test_detection_tiny_run_and_resume(tmp_path, monkeypatch):
 def test_pruning_tiny_run(tmp_path):
     out = tmp_path / "prune"
     argv = ["--seeds", "1", "--ratios", "0.5", "--noise", "0.4", "--methods", "random", "mimic", "stage2", "ccs",
-            "kcenter", "moderate", "reference", "--epochs", "3", "--ref-epochs", "10", "--head-epochs", "3",
+            "kcenter", "moderate", "reference", "--epochs", "3", "--ref-epochs", "30", "--head-epochs", "3",
             "--out", str(out), "--no-progress"]
     assert pruning.main(argv) == 0
     doc = json.loads((out / "results.json").read_text())

@@ -30,12 +30,12 @@ def test_selector_flag_table_matches_the_parser():
 def table(tmp_path):
     path = tmp_path / "s.parquet"
     n = 20
-    write_score_table(path, np.arange(n), np.arange(n) % 2, {"el2n": np.linspace(0, 1, n)})
+    write_score_table(path, np.arange(n), {"el2n": np.linspace(0, 1, n)}, labels=np.arange(n) % 2)
     return path
 
 
 @pytest.mark.parametrize("argv, flag, users", [
-    (["--method", "top", "--column", "el2n", "--ratio", "0.5", "--features", "f.npy"], "--features", "kcenter, moderate"),
+    (["--method", "top", "--column", "el2n", "--ratio", "0.5", "--features", "f.npz"], "--features", "kcenter, moderate"),
     (["--method", "expr", "--expr", "top(el2n, 0.5)", "--ratio", "0.3"], "--ratio", "balanced"),
     (["--method", "random", "--ratio", "0.5", "--hard-cutoff", "0.2"], "--hard-cutoff", "ccs"),
 ])

@@ -158,7 +158,7 @@ def test_sampleset_validation_and_subset():
     assert len(s) == 1797 and s.get_inputs().shape == (1797, 1, 8, 8)
     sub = s.subset(s.labels == 3)
     assert set(sub.labels) == {3}
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(ValueError, match="duplicate"):
         SampleSet(ids=np.array([1, 1]), labels=np.array([0, 1]), class_names=["a", "b"], inputs=np.zeros((2, 1)))
     with pytest.raises(ValueError, match="outside"):
         SampleSet(ids=np.array([1, 2]), labels=np.array([0, 2]), class_names=["a", "b"], inputs=np.zeros((2, 1)))

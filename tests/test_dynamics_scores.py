@@ -10,10 +10,8 @@ from keepset.scoring.dynamics import (
     area_under_margin, dynamics_scores, early_mean, el2n, entropy, forgetting_events, last_value,
     least_confidence, logit_margin, prob_margin,
 )
-from keepset.training import fit
-from keepset.training.dynamics_hook import DYNAMICS_FIELDS, DynamicsHook, batch_dynamics
-from keepset.training.online_baselines import GrandWeightHook, RhoLossHook, irreducible_losses
-from keepset.training.recorder import DynamicsRecorder
+from keepset.training import GrandWeight, MeanLoss, RhoLoss, fit, irreducible_losses
+from keepset.training.dynamics_observer import DYNAMICS_FIELDS, DynamicsObserver, batch_dynamics
 
 NAN = np.nan
 
@@ -84,57 +82,81 @@ def _tiny_problem(n=40, d=5, k=3, seed=0):
     return x, y
 
 
-class _AutogradCheck:
-    """Test hook: per-sample gradient norms and raw quantities by an explicit loop over samples."""
-
-    def __init__(self, names):
-        self.names, self.rows = names, []
-
-    def on_batch(self, state):
-        params = dict(state.model.named_parameters())
-        norms = []
-        for i in range(len(state.y)):
-            g = torch.autograd.grad(state.losses[i], [params[n] for n in self.names], retain_graph=True)
-            norms.append(float(torch.sqrt(sum((t ** 2).sum() for t in g))))
-        z = state.logits.detach().double().numpy()
-        self.rows.append((state.epoch, state.indices.numpy().copy(), np.array(norms), z, state.y.numpy().copy()))
+def _autograd_rows(model, x, y, names):
+    """Per-sample gradient norms and logits by an explicit loop over samples (the independent reference)."""
+    params = dict(model.named_parameters())
+    norms = []
+    for i in range(len(y)):
+        li = torch.nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+        g = torch.autograd.grad(li, [params[n] for n in names])
+        norms.append(float(torch.sqrt(sum((t ** 2).sum() for t in g))))
+    return np.array(norms), model(x).detach().double().numpy()
 
 
 @pytest.mark.parametrize("mode", ["last", "all"])
-def test_dynamics_hook_matches_autograd_loop(mode):
+def test_dynamics_observer_matches_autograd_loop(mode):
+    from keepset.models import MLP
+    from keepset.recorder import DynamicsRecorder
+
     torch.manual_seed(0)
     x, y = _tiny_problem()
-    model = torch.nn.Sequential()  # MLP with a .head: use keepset's MLP
-    from keepset.models import MLP
-
     model = MLP(5, 3, hidden=(7,))
     names = ["head.weight", "head.bias"] if mode == "last" else [n for n, _ in model.named_parameters()]
-    check = _AutogradCheck(names)
-    rec = DynamicsRecorder(len(x), 2, DYNAMICS_FIELDS)
-    fit(model, x, y, epochs=2, batch_size=16, lr=0.1, hooks=[check, DynamicsHook(rec, grad_norms=mode)],
-        progress=False)
-    for epoch, idx, norms, z, yb in check.rows:
-        np.testing.assert_allclose(rec.values["grand"][epoch, idx], norms, rtol=1e-4, atol=1e-6)
+    obs = DynamicsObserver(DynamicsRecorder(None, DYNAMICS_FIELDS), grad_norms=mode)
+    method = MeanLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    head = model.head
+    rows = []
+    for epoch in range(2):
+        for s in range(0, 40, 16):
+            xb, yb, ids = x[s:s + 16], y[s:s + 16], np.arange(s, min(40, s + 16)) + 1000
+            norms, z = _autograd_rows(model, xb, yb, names)
+            captured = {}
+            h = head.register_forward_hook(lambda m, i, o: captured.update(h=i[0].detach()))
+            loss = method.loss(model, xb, yb, ids, epoch=epoch)
+            h.remove()
+            obs.on_batch(method.last_batch, model, captured["h"])
+            opt.zero_grad(); loss.backward(); opt.step()
+            rows.append((epoch, ids, norms, z, yb.numpy()))
+    got = obs.recorder.read()
+    for epoch, ids, norms, z, yb in rows:
+        sel = (got["epoch"] == epoch) & np.isin(got["id"], ids)
+        assert np.array_equal(got["id"][sel], ids)
+        np.testing.assert_allclose(got["grand"][sel], norms, rtol=1e-4, atol=1e-6)
         p = np.exp(z - z.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
-        np.testing.assert_allclose(rec.values["el2n"][epoch, idx], el2n(p, yb), rtol=1e-5)
-        np.testing.assert_allclose(rec.values["margin"][epoch, idx], logit_margin(z, yb), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(rec.values["loss"][epoch, idx], -np.log(p[np.arange(len(yb)), yb]), rtol=1e-5)
-        np.testing.assert_array_equal(rec.values["correct"][epoch, idx], (z.argmax(1) == yb).astype(float))
-        np.testing.assert_allclose(rec.values["entropy"][epoch, idx], entropy(p), rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(rec.values["prob_margin"][epoch, idx], prob_margin(p), rtol=1e-5, atol=1e-7)
-    assert not np.isnan(rec.values["loss"]).any()  # every sample seen every epoch
+        np.testing.assert_allclose(got["el2n"][sel], el2n(p, yb), rtol=1e-5)
+        np.testing.assert_allclose(got["margin"][sel], logit_margin(z, yb), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["loss"][sel], -np.log(p[np.arange(len(yb)), yb]), rtol=1e-5)
+        np.testing.assert_array_equal(got["correct"][sel], (z.argmax(1) == yb).astype(float))
+        np.testing.assert_allclose(got["entropy"][sel], entropy(p), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got["prob_margin"][sel], prob_margin(p), rtol=1e-5, atol=1e-7)
 
 
-def test_dynamics_hook_validates_recorder():
-    x, y = _tiny_problem()
+def test_dense_by_epoch_puts_each_record_in_its_epoch_and_column():
     from keepset.models import LinearProbe
+    from keepset.recorder import dense_by_epoch
 
-    with pytest.raises(ValueError, match="lacks fields"):
-        fit(LinearProbe(5, 3), x, y, epochs=1, hooks=[DynamicsHook(DynamicsRecorder(40, 1, ("loss",)))],
-            progress=False)
+    x, y = _tiny_problem()
+    ids = np.arange(40)[::-1] * 3  # ids in another order than the rows
+    obs = DynamicsObserver()
+    fit(LinearProbe(5, 3), x, y, ids=ids, observers=[obs], epochs=3, batch_size=16, progress=False)
+    dense = dense_by_epoch(obs.recorder, ["loss", "correct"], ids)
+    assert dense["loss"].shape == (3, 40) and not np.isnan(dense["loss"]).any()
+    rec = obs.recorder.read()
+    for k in (0, 17, 39):
+        for e in range(3):
+            want = rec["loss"][(rec["id"] == ids[k]) & (rec["epoch"] == e)]
+            assert dense["loss"][e, k] == want[-1]
+
+
+def test_dynamics_observer_validates_recorder():
+    from keepset.recorder import DynamicsRecorder
+
+    with pytest.raises(ValueError, match="fields"):
+        DynamicsObserver(DynamicsRecorder(None, ("loss",)))
     with pytest.raises(ValueError, match="unknown dynamics"):
-        DynamicsHook(fields=("nope",))
+        DynamicsObserver(fields=("nope",))
 
 
 def test_batch_dynamics_without_head_inputs_has_no_grand():
@@ -142,31 +164,28 @@ def test_batch_dynamics_without_head_inputs_has_no_grand():
     assert "grand" not in out and out["correct"].item() == 0.0 and out["margin"].item() == -1.0
 
 
-class _Capture:
-    def __init__(self, hook):
-        self.hook, self.seen = hook, []
-
-    def on_batch(self, state):
-        self.seen.append((state.losses.detach().numpy().copy(), state.indices.numpy().copy(),
-                          state.sample_weights.numpy().copy()))
-
-
-def test_rho_loss_weights_select_top_reducible_losses():
+def test_rho_loss_weights_select_top_reducible_losses_by_id():
     from keepset.models import LinearProbe
 
     x, y = _tiny_problem()
+    ids = np.arange(40) * 7 + 3
     irr = np.linspace(0, 2, len(x)).astype(np.float32)
-    hook = RhoLossHook(irr, ratio=0.25)
-    cap = _Capture(hook)
-    fit(LinearProbe(5, 3), x, y, epochs=1, batch_size=16, hooks=[hook, cap], progress=False)
-    for losses, idx, w in cap.seen:
-        red = losses - irr[idx]
-        k = max(1, round(0.25 * len(idx)))
+    perm = np.random.default_rng(0).permutation(40)  # irreducible losses given in another order, with their ids
+    method = RhoLoss(irr[perm], ids[perm], ratio=0.25)
+    model = LinearProbe(5, 3)
+    for s in range(0, 40, 16):
+        pos = np.arange(s, min(40, s + 16))
+        method.loss(model, x[pos], y[pos], ids[pos]).backward()
+        losses = method.last_batch.losses.numpy()
+        red = losses - irr[pos]
+        k = max(1, round(0.25 * len(pos)))
         top = set(np.argsort(-red)[:k].tolist())
-        expected = np.array([1.0 / k if i in top else 0.0 for i in range(len(idx))])
-        np.testing.assert_allclose(w, expected)
+        expected = np.array([1.0 / k if i in top else 0.0 for i in range(len(pos))])
+        np.testing.assert_allclose(method.last_weights.numpy(), expected)
     with pytest.raises(ValueError, match="irreducible"):
-        fit(LinearProbe(5, 3), x, y, epochs=1, hooks=[RhoLossHook(irr[:5])], progress=False)
+        RhoLoss(irr[:5], ids)
+    with pytest.raises(ValueError, match="no irreducible"):
+        RhoLoss(irr[:5], ids[:5]).loss(model, x[5:10], y[5:10], ids[5:10])
 
 
 def test_irreducible_losses_are_cross_entropy():
@@ -185,9 +204,9 @@ def test_grand_weights_proportional_to_autograd_norms():
     x, y = _tiny_problem()
     torch.manual_seed(1)
     model = MLP(5, 3, hidden=(4,))
-    check = _AutogradCheck(["head.weight", "head.bias"])
-    hook = GrandWeightHook()
-    cap = _Capture(hook)
-    fit(model, x, y, epochs=1, batch_size=16, hooks=[check, hook, cap], progress=False)
-    for (_, _, norms, _, _), (_, _, w) in zip(check.rows, cap.seen):
-        np.testing.assert_allclose(w, norms / norms.sum(), rtol=1e-4)
+    method = GrandWeight()
+    for s in range(0, 40, 16):
+        xb, yb = x[s:s + 16], y[s:s + 16]
+        norms, _ = _autograd_rows(model, xb, yb, ["head.weight", "head.bias"])
+        method.loss(model, xb, yb, np.arange(len(yb))).backward()
+        np.testing.assert_allclose(method.last_weights.numpy(), norms / norms.sum(), rtol=1e-4)

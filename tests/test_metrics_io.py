@@ -28,16 +28,36 @@ def test_detection_metrics_by_hand():
 
 def test_score_table_roundtrip_and_no_silent_overwrite(tmp_path):
     p = tmp_path / "s.parquet"
-    write_score_table(p, np.array([5, 6, 7]), [0, 1, 0], {"a": np.array([0.1, 0.2, 0.3]), "k": np.array([1, 0, 1], bool)})
+    write_score_table(p, np.array([5, 6, 7]), {"a": np.array([0.1, 0.2, 0.3]), "k": np.array([1, 0, 1], bool)},
+                      labels=[0, 1, 0], directions={"a": "higher_drops"})
     t = read_score_table(p)
     assert t["id"].tolist() == [5, 6, 7] and t["a"].tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert t["label"].tolist() == [0, 1, 0]
+    from keepset.io import column_direction, read_table_metadata
+
+    meta = read_table_metadata(p)
+    assert column_direction("a", meta) == "higher_drops" and column_direction("k", meta) is None
     before = p.read_bytes()
     with pytest.raises(OutputExistsError):
-        write_score_table(p, [1], [0], {"a": np.array([1.0])})
+        write_score_table(p, [1], {"a": np.array([1.0])})
     with pytest.raises(ValueError, match="shape"):
-        write_score_table(tmp_path / "bad.parquet", [1, 2], [0, 1], {"a": np.array([1.0])}, overwrite=True)
+        write_score_table(tmp_path / "bad.parquet", [1, 2], {"a": np.array([1.0])}, overwrite=True)
+    with pytest.raises(ValueError, match="duplicate"):
+        write_score_table(tmp_path / "dup.parquet", [1, 1], {"a": np.array([1.0, 2.0])})
     assert p.read_bytes() == before and not (tmp_path / "bad.parquet").exists()
     assert [f.name for f in tmp_path.iterdir()] == ["s.parquet"]  # no temp files left behind
+    # a foreign table keyed by DataComp's uid, without labels
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    uids = [f"{i:032x}" for i in range(3)]
+    pq.write_table(pa.table({"uid": uids, "clip_score": [0.3, 0.2, 0.1]}), tmp_path / "dc.parquet")
+    with pytest.raises(ValueError, match="--id-column"):
+        read_score_table(tmp_path / "dc.parquet")
+    dc = read_score_table(tmp_path / "dc.parquet", id_column="uid")
+    assert dc["id"].tolist() == uids and "label" not in dc
+    with pytest.raises(IsADirectoryError):
+        read_score_table(tmp_path)
     (tmp_path / "corrupt.parquet").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="parquet"):
         read_score_table(tmp_path / "corrupt.parquet")

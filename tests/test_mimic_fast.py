@@ -13,7 +13,10 @@ from keepset.models import layer_identities
 from keepset.models.layer_identities import LayerGrads
 from keepset.models.mimic import mimic_scores, resolve_layers
 from keepset.models.sample_gradients import alignment_terms
-from keepset.training import BatchState, DynamicsRecorder, GradMimicHook, fit
+import numpy as np
+
+from keepset.recorder import DynamicsRecorder
+from keepset.training import GradMimic, fit
 
 RTOL = 1e-4
 
@@ -219,12 +222,11 @@ def test_layer_grads_weighted_sum_and_norms_linear_and_conv(conv_form):
         close(lg.sq_norms(True, True), torch.stack([(g[0] ** 2).sum() + (g[1] ** 2).sum() for g in per]))
 
 
-def _one_step_state(model, hook, x, y):
-    hook.on_train_start(model, len(x), 1, 1)
-    logits = model(x)
-    state = BatchState(0, 0, torch.arange(len(x)), x, y, logits, ce(logits, y), None, model)
-    hook.on_batch(state)
-    return state
+def _one_step(model, gm, x, y):
+    """One Grad-Mimic step's gradients: {name: grad}."""
+    model.zero_grad()
+    gm.loss(model, x, y, np.arange(len(x))).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("layers,method,apply_to", [
@@ -235,62 +237,61 @@ def test_fused_step_gradients_match_autograd(layers, method, apply_to, conv_form
     model, reference, x = pair("cnn", 6)
     y = torch.arange(len(x)) % 5
     names = resolve_layers(model, layers)
-    hook = GradMimicHook(reference, layers=layers, method=method, temperature=0.7, apply_to=apply_to)
-    state = _one_step_state(model, hook, x, y)
-    assert hook.uses_fused_step and state.param_grads is not None
+    gm = GradMimic(reference, layers=layers, method=method, temperature=0.7, apply_to=apply_to)
+    grads = _one_step(model, gm, x, y)
+    assert gm.uses_fused_step
     w = torch.softmax(loop_scores(model, reference, x, y, names, method) / 0.7, 0).float()
-    close(state.sample_weights, w)
+    close(gm.last_weights, w)
     params = dict(model.named_parameters())
     losses = ce(model(x), y)
     weighted = torch.autograd.grad((w * losses).sum(), list(params.values()), retain_graph=True)
     mean = torch.autograd.grad(losses.mean(), list(params.values()))
-    assert set(state.param_grads) == set(params)
-    for (n, _), gw, gm in zip(params.items(), weighted, mean):
-        want = gw if (apply_to == "all" or n in names) else gm
-        close(state.param_grads[n], want)
+    for (n, _), gw, gmean in zip(params.items(), weighted, mean):
+        want = gw if (apply_to == "all" or n in names) else gmean
+        close(grads[n], want)
 
 
 def test_fused_step_without_reweighting_gives_mean_gradient_and_records():
     model, reference, x = pair("mlp", 7)
     y = torch.arange(len(x)) % 5
-    rec = DynamicsRecorder(len(x), 1, ("mimic", "mimic_normed"))
-    hook = GradMimicHook(reference, layers="all", method="cos", reweight=False, recorder=rec)
-    state = _one_step_state(model, hook, x, y)
-    assert state.sample_weights is None
+    rec = DynamicsRecorder(None, ("mimic", "mimic_normed", "weight"))
+    gm = GradMimic(reference, layers="all", method="cos", reweight=False, record_to=rec)
+    grads = _one_step(model, gm, x, y)
+    assert gm.uses_fused_step
     params = dict(model.named_parameters())
     mean = torch.autograd.grad(ce(model(x), y).mean(), list(params.values()))
     for (n, _), g in zip(params.items(), mean):
-        close(state.param_grads[n], g)
-    close(torch.as_tensor(rec.values["mimic"][0]),
-          loop_scores(model, reference, x, y, resolve_layers(model, "all"), "cos"))
+        close(grads[n], g)
+    close(torch.as_tensor(rec.read()["mimic"]), loop_scores(model, reference, x, y, resolve_layers(model, "all"), "cos"))
 
 
 def test_fit_fused_equals_unfused_and_fallback_layers_train():
     x, y = torch.rand(40, 1, 12, 12), torch.arange(40) % 5
     trained = []
-
-    class Spy:
-        fused_steps = 0
-
-        def on_step_end(self, state):
-            Spy.fused_steps += state.param_grads is not None
-
     for fused in (True, False):
         model, reference, _ = pair("cnn", 8)
-        hook = GradMimicHook(reference, layers="all", method="cos", fused=fused)
-        Spy.fused_steps = 0
-        fit(model, x, y, epochs=1, batch_size=16, lr=0.05, hooks=[hook, Spy()], progress=False)
-        assert Spy.fused_steps == (3 if fused else 0)
-        assert hook.uses_fused_step is False  # released at the end of training
+        gm = GradMimic(reference, layers="all", method="cos", fused=fused)
+        fit(model, x, y, method=gm, epochs=1, batch_size=16, lr=0.05, progress=False)
         trained.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.allclose(trained[0], trained[1], atol=1e-5)
-    # a GroupNorm layer has no identity: the hook falls back to jvp + vmap and the loop's weighted backward
+    # a GroupNorm layer has no identity: Grad-Mimic falls back to jvp + vmap and a re-weighted loss
     torch.manual_seed(0)
     model, reference = OddNet(), OddNet()
-    hook = GradMimicHook(reference, layers="all", method="cos")
+    gm = GradMimic(reference, layers="all", method="cos")
     before = [p.detach().clone() for p in model.parameters()]
-    fit(model, torch.randn(12, 2, 8, 8), torch.arange(12) % 5, epochs=1, batch_size=6, hooks=[hook], progress=False)
+    fit(model, torch.randn(12, 2, 8, 8), torch.arange(12) % 5, method=gm, epochs=1, batch_size=6, progress=False)
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    x, y = torch.randn(6, 2, 8, 8), torch.arange(6) % 5
+    m2 = OddNet()
+    m2.load_state_dict(model.state_dict())
+    gm2 = GradMimic(reference, layers="all", method="cos")
+    grads = _one_step(m2, gm2, x, y)
+    assert not gm2.uses_fused_step
+    names = resolve_layers(m2, "all")
+    w = torch.softmax(loop_scores(m2, reference, x, y, names, "cos"), 0).float()
+    want = torch.autograd.grad((w * ce(m2(x), y)).sum(), [p for p in m2.parameters()])
+    for (n, _), g in zip(m2.named_parameters(), want):
+        close(grads[n], g)
 
 
 def test_conv_with_string_padding_takes_the_generic_path():
@@ -316,8 +317,8 @@ def test_unfold_patches_equals_torch_unfold(stride, padding, dilation):
     assert torch.equal(layer_identities.unfold_patches(a, conv), want)
 
 
-def test_in_place_relu_after_a_linear_falls_back_exactly():
-    """An in-place ReLU overwrites the Linear's output: the captured tensor no longer holds z."""
+def test_in_place_relu_after_a_linear_is_exact():
+    """An in-place ReLU overwrites the Linear's output: scores and the fused step's gradients stay exact."""
     torch.manual_seed(4)
 
     def make():
@@ -325,8 +326,14 @@ def test_in_place_relu_after_a_linear_falls_back_exactly():
 
     model, reference = make(), make()
     x, y = torch.randn(6, 5), torch.arange(6) % 3
+    names = resolve_layers(model, "all")
     close(mimic_scores(model, reference, x, y, layers="all", method="cos"),
-          loop_scores(model, reference, x, y, resolve_layers(model, "all"), "cos"))
-    hook = GradMimicHook(reference, layers="all", method="cos")
-    state = _one_step_state(model, hook, x, y)
-    assert state.param_grads is None and state.sample_weights is not None  # the unfused path took over
+          loop_scores(model, reference, x, y, names, "cos"))
+    gm = GradMimic(reference, layers="all", method="cos")
+    grads = _one_step(model, gm, x, y)
+    assert gm.uses_fused_step
+    w = torch.softmax(loop_scores(model, reference, x, y, names, "cos"), 0).float()
+    close(gm.last_weights, w)
+    want = torch.autograd.grad((w * ce(model(x), y)).sum(), list(model.parameters()))
+    for (n, _), g in zip(model.named_parameters(), want):
+        close(grads[n], g)

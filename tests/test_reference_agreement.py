@@ -81,5 +81,5 @@ def test_benchmark_reference_logits_equal_the_whole_network_on_the_inputs():
     torch.manual_seed(0)
     net = model_for_inputs("mlp", (8, 8), 10)
     x = np.random.default_rng(0).normal(size=(20, 8, 8)).astype(np.float32)
-    ref = Reference(net, 0.9, embed(net, x), embed(net, x[:2]))
+    ref = Reference(net, 0.9, embed(net, x), embed(net, x[:2]), 0.9)
     np.testing.assert_allclose(ref.train_logits(), predict_logits(net, x).numpy(), rtol=1e-5, atol=1e-5)

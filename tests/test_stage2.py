@@ -4,10 +4,10 @@
 import numpy as np
 import pytest
 
-from keepset.selection.binarize import binarize_steps, gmm_split, kmeans_split
+from keepset.recorder import DynamicsRecorder
+from keepset.selection.binarize import binarize_records, gmm_split, kmeans_split
 from keepset.selection.stage2 import aggregate_votes, estimate_quality, rank_by_dynamics, stage2_filter
 from keepset.selection.topk import select_top
-from keepset.training import DynamicsRecorder
 
 
 def brute_force_2means(v):
@@ -59,10 +59,9 @@ def test_gmm_matches_sklearn_on_separated_mixtures():
 
 
 def test_threshold_is_one_over_batch_size():
-    normed = np.array([[0.5, 0.2, 0.3, np.nan], [0.1, np.nan, 0.4, 0.5]])
-    step = np.array([[0, 0, 0, -1], [1, -1, 1, 1]])
-    d = binarize_steps(normed, step, method="threshold", batch_sizes=[3, 3])
-    assert d.tolist() == [[1, 0, 0, -1], [0, -1, 1, 1]]
+    normed = np.array([0.5, 0.2, 0.3, 0.1, 0.4, 0.5, 0.2, 0.3])
+    step = np.array([0, 0, 0, 1, 1, 1, 2, 2])  # batch sizes 3, 3, 2
+    assert binarize_records(normed, step, method="threshold").tolist() == [1, 0, 0, 0, 1, 1, 0, 0]
 
 
 def test_votes_by_hand():
@@ -76,20 +75,30 @@ def test_votes_by_hand():
 
 
 def test_stage2_filter_on_recorded_dynamics(tmp_path):
-    rec = DynamicsRecorder(6, 2, ("mimic", "mimic_normed"), directory=tmp_path)
+    rec = DynamicsRecorder(tmp_path, ("mimic", "mimic_normed"), chunk_rows=4)
+    ids = np.array([f"{i:032x}" for i in (5, 9, 1, 7, 3, 8)])
     good = np.array([True, True, False, True, False, True])
     rng = np.random.default_rng(0)
     for epoch in range(2):
         for step_in_epoch, idx in enumerate(np.split(rng.permutation(6), 2)):
             raw = np.where(good[idx], 1.0, -1.0) + rng.normal(0, 0.05, 3)
             normed = np.exp(raw) / np.exp(raw).sum()
-            rec.record(epoch, epoch * 2 + step_in_epoch, idx, mimic=raw, mimic_normed=normed)
+            rec.record(ids[idx], epoch * 2 + step_in_epoch, epoch, mimic=raw, mimic_normed=normed)
     rec.flush()
     reopened = DynamicsRecorder.open(tmp_path)
-    assert reopened.values["mimic"].shape == (2, 6)
-    assert np.array_equal(stage2_filter(reopened, binarize="threshold"), good)
+    assert reopened.n_records == 12 and len(list(tmp_path.glob("part-*.parquet"))) == 2  # flushed at 6 and 12
+    assert np.array_equal(stage2_filter(reopened, binarize="threshold", ids=ids), good)
+    # the same decisions in any order of the ids (a shuffled table)
+    perm = rng.permutation(6)
+    assert np.array_equal(stage2_filter(reopened, ids=ids[perm]), good[perm])
     assert estimate_quality(good) == pytest.approx(4 / 6)
-    assert rank_by_dynamics(reopened, 0.5).sum() == 3
+    assert rank_by_dynamics(reopened, 0.5, ids=ids).sum() == 3
+    with pytest.raises(ValueError, match="2 ids that the samples lack"):
+        stage2_filter(reopened, ids=ids[:4])
+    extra = np.r_[ids, np.array(["f" * 32])]
+    with pytest.raises(ValueError, match="1 samples were never scored"):
+        stage2_filter(reopened, ids=extra)
+    assert stage2_filter(reopened, ids=extra, unseen="keep")[-1]
 
 
 def test_select_top_ties_and_errors():
@@ -104,17 +113,34 @@ def test_select_top_ties_and_errors():
 
 @pytest.mark.parametrize("method", ["threshold", "kmeans", "gmm"])
 def test_streamed_filter_equals_whole_array_binarisation(method, tmp_path):
+    """Reading the log in small chunks (steps cut across chunks) gives the decisions of one pass over
+    all records, voted by hand."""
     rng = np.random.default_rng(7)
     n, epochs, bs = 50, 4, 8
-    rec = DynamicsRecorder(n, epochs, ("mimic", "mimic_normed"), directory=tmp_path)
+    rec = DynamicsRecorder(tmp_path, ("mimic", "mimic_normed"), chunk_rows=13)
+    rows = {"id": [], "step": [], "epoch": [], "mimic": [], "mimic_normed": []}
     step = 0
     for e in range(epochs):
         for idx in np.array_split(rng.permutation(n), int(np.ceil(n / bs))):
             raw = rng.normal(size=len(idx)) + (idx % 3 == 0)
-            rec.record(e, step, idx, mimic=raw, mimic_normed=np.exp(raw) / np.exp(raw).sum())
+            normed = np.exp(raw) / np.exp(raw).sum()
+            rec.record(idx, step, e, mimic=raw, mimic_normed=normed)
+            for k, v in (("id", idx), ("step", np.full(len(idx), step)), ("epoch", np.full(len(idx), e)),
+                         ("mimic", raw), ("mimic_normed", normed)):
+                rows[k].append(v)
             step += 1
     rec.flush()
+    flat = {k: np.concatenate(v) for k, v in rows.items()}
     field = "mimic_normed" if method == "threshold" else "mimic"
-    whole = aggregate_votes(binarize_steps(np.asarray(rec.values[field]), rec.step, method=method,
-                                           batch_sizes=rec.batch_sizes), vote="weighted")
-    assert np.array_equal(stage2_filter(DynamicsRecorder.open(tmp_path), binarize=method, vote="weighted"), whole)
+    keep = binarize_records(flat[field], flat["step"], method=method)
+    w = flat["epoch"] + 1.0
+    yes = np.bincount(flat["id"], w * keep, n)
+    total = np.bincount(flat["id"], w, n)
+    from keepset.selection import stage2
+
+    got = stage2.stage2_filter(DynamicsRecorder.open(tmp_path), binarize=method, vote="weighted",
+                               ids=np.arange(n))
+    assert np.array_equal(got, yes / total >= 0.5)
+    # a tiny read chunk cuts steps in pieces: the same decisions
+    chunks = list(stage2.step_decisions(DynamicsRecorder.open(tmp_path), binarize=method, rows=5))
+    assert np.array_equal(np.concatenate([c["keep"] for c in chunks]), keep)

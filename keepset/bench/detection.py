@@ -15,9 +15,9 @@ How each method flags (AUROC is threshold-free and uses the suspicion score in b
   mimic       2-means on the mean Mimic Score of the re-weighted run, low cluster flagged [-mean mimic]
   stage2_sgd, mimic_sgd   the same on the Mimic Scores recorded during the plain-SGD run
   reference   the reference network's prediction differs from the label [its cross-entropy on the label];
-              quality estimate: its agreement rate corrected for its error rate (measured on the clean
-              test split, standing in for a held-out part of the trusted set); the one baseline that,
-              like Grad-Mimic, uses the trusted clean data
+              quality estimate: its agreement rate corrected for its error rate, measured on the held-out
+              part of the trusted split (never on the test split); the one baseline that, like Grad-Mimic,
+              uses the trusted clean data
   loss, el2n, grand, forgetting   2-means on the score, high cluster flagged [score]
   aum         AUM < 0 [-AUM]
   margin      last-epoch margin (assigned logit - largest other) < 0 [-margin]
@@ -79,23 +79,21 @@ def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int)
     from keepset.scoring.dynamics import dynamics_scores, last_value
 
     corrupted = run.corrupted
-    dyn = dynamics_scores(run.dynamics.values, early_epochs)
+    values = run.dynamics_values()
+    dyn = dynamics_scores(values, early_epochs)
     out: dict[str, dict] = {}
     for m in methods:
         t0 = time.perf_counter()
         own_quality = None  # a method's own quality estimate, when it has one other than the unflagged fraction
         rec = run.gradmimic if m in ("stage2", "mimic") else run.mimic
         if m in ("stage2", "stage2_sgd"):
-            from keepset.selection.binarize import binarize_steps
-            from keepset.selection.stage2 import aggregate_votes
+            from keepset.selection.stage2 import stage2_votes
 
-            d = binarize_steps(rec.values["mimic_normed"], rec.step, method="threshold",
-                               batch_sizes=rec.batch_sizes)
-            keep = aggregate_votes(d, vote="majority")
-            suspicion = (d == 0).sum(0) / np.maximum((d >= 0).sum(0), 1)
-            flags = ~keep
+            _, yes, total = stage2_votes(rec, binarize="threshold", vote="majority", ids=run.ids)
+            suspicion = 1.0 - yes / np.maximum(total, 1)
+            flags = ~(yes / total >= 0.5)
         elif m in ("mimic", "mimic_sgd"):
-            suspicion = -rec.mean("mimic").astype(np.float64)
+            suspicion = -run.mean_mimic(rec)
             flags = two_means_flags(suspicion)
         elif m == "reference":
             from keepset.scoring.reference_agreement import (quality_from_agreement, reference_disagrees,
@@ -104,8 +102,8 @@ def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int)
             logits = reference.train_logits()
             suspicion = reference_label_loss(logits, run.labels)
             flags = reference_disagrees(logits, run.labels)
-            own_quality = quality_from_agreement(1.0 - float(flags.mean()), reference.trusted_accuracy,
-                                             logits.shape[1])
+            own_quality = quality_from_agreement(1.0 - float(flags.mean()), reference.holdout_accuracy,
+                                                 logits.shape[1])
         elif m in ("loss", "el2n", "grand", "forgetting"):
             suspicion = dyn[m]
             flags = two_means_flags(suspicion)
@@ -113,7 +111,7 @@ def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int)
             suspicion = -dyn["aum"]
             flags = dyn["aum"] < 0
         elif m == "margin":
-            last = last_value(run.dynamics.values["margin"])
+            last = last_value(values["margin"])
             suspicion, flags = -last, last < 0
         elif m == "cleanlab":
             from keepset.scoring.peers import cleanlab_label_issues, out_of_sample_probs
@@ -165,7 +163,8 @@ def run(args) -> int:
                          reference=ref, seed=seed)
         store.put(cell_key(seed=seed, kind=kind, rate=rate),
                   {"seed": seed, "kind": kind, "rate": rate, "true_quality": 1.0 - float(corrupted.mean()),
-                   "reference_accuracy": ref.trusted_accuracy, "head_accuracy": prun.head_test_accuracy,
+                   "reference_accuracy": ref.test_accuracy, "reference_holdout_accuracy": ref.holdout_accuracy,
+                   "head_accuracy": prun.head_test_accuracy,
                    "head_lr": prun.head_lr, "gradmimic_head_accuracy": prun.gradmimic_test_accuracy,
                    "proxy_seconds": proxy_s, "methods": methods})
         bar.update(1)

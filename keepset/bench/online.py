@@ -41,8 +41,7 @@ def run(args) -> int:
     from keepset.evaluation.proxy import make_split, noisy_labels, train_reference
     from keepset.evaluation.report import fmt, markdown_table, mean_std
     from keepset.models import LinearProbe
-    from keepset.training import GradMimicHook, accuracy, fit
-    from keepset.training.online_baselines import GrandWeightHook, RhoLossHook, irreducible_losses
+    from keepset.training import GradMimic, GrandWeight, RhoLoss, accuracy, fit, irreducible_losses
     from keepset.training.step_size import probe_learning_rate
 
     samples = load_spec(args.data)
@@ -60,12 +59,12 @@ def run(args) -> int:
         irreducible = irreducible_losses(reference, ref.train_features, labels)
         head_lr = args.head_lr if args.head_lr is not None else probe_learning_rate(ref.train_features)
         for m in METHODS:
-            hooks = {"sgd": [], "gradmimic": [GradMimicHook(reference, temperature=args.temperature)],
-                     "rho": [RhoLossHook(irreducible, ratio=args.rho_ratio)], "grand": [GrandWeightHook()]}[m]
+            method = {"sgd": None, "gradmimic": GradMimic(reference, temperature=args.temperature),
+                      "rho": RhoLoss(irreducible, ratio=args.rho_ratio), "grand": GrandWeight()}[m]
             torch.manual_seed(seed + 1)
             head = LinearProbe(d, samples.num_classes)
-            fit(head, ref.train_features, labels, epochs=args.epochs, batch_size=args.batch_size, lr=head_lr,
-                momentum=0.9, seed=seed, hooks=hooks, progress=False)
+            fit(head, ref.train_features, labels, method=method, epochs=args.epochs, batch_size=args.batch_size,
+                lr=head_lr, momentum=0.9, seed=seed, progress=False)
             results[m].append(accuracy(head, ref.test_features, samples.labels[split.test]))
         print(f"seed {seed}: " + ", ".join(f"{m} {results[m][-1]:.3f}" for m in METHODS), file=sys.stderr)
     print(f"{args.data}, {args.noise:g} symmetric noise, {args.seeds} seeds, {args.epochs} epochs, linear head on "

@@ -3,18 +3,18 @@
 The small CNN (``SmallCNN``) on 28x28 single-channel inputs, one batch size, one SGD step per batch
 through ``keepset.training.fit``. Variants, run in rotating order inside every repeat:
 
-- ``plain``: mean loss, no hook;
-- ``last_layer``: ``GradMimicHook`` scoring the final Linear's weight (``proj``);
-- ``all_proj`` / ``all_cos``: ``GradMimicHook`` scoring every trainable parameter;
+- ``plain``: mean loss (``MeanLoss``);
+- ``last_layer``: ``GradMimic`` scoring the final Linear's weight (``proj``);
+- ``all_proj`` / ``all_cos``: ``GradMimic`` scoring every trainable parameter;
 - ``vmap_reference``: the published Grad-Mimic code's step scoring every parameter
-  (``VmapReferenceHook``): per-sample gradients of every parameter from ``vmap(grad)``, each sample's
+  (``VmapReference``): per-sample gradients of every parameter from ``vmap(grad)``, each sample's
   projection in a Python loop, and the step's gradients read off the per-sample gradients
   (broadcast weighted sum);
 - ``vmap_vectorised``: the same per-sample gradients with the loop and the copies replaced by
   products (how much of the reference is ``vmap(grad)`` itself).
 
-A step's time is the wall time between two consecutive ``on_step_end`` calls (the forward, the
-hooks, the backward and the optimiser step), the first step of each run left out as warm-up.
+A step's time is the wall time between two consecutive ends of a step (the forward, the scoring, the
+backward and the optimiser step), the first step of each run left out as warm-up.
 Reported: the median over all timed steps, and each variant's ratio to the plain step: the median
 over repeats of the ratio to the plain step timed in the same repeat.
 Inputs are random (the cost does not depend on the pixel values).
@@ -30,7 +30,9 @@ import time
 from pathlib import Path
 
 import torch
+
 from keepset.bench._script import script_main
+from keepset.training.online import OnlineMethod
 
 VARIANTS = ("plain", "last_layer", "all_proj", "all_cos", "vmap_reference", "vmap_vectorised")
 LABELS = {
@@ -47,22 +49,19 @@ REFERENCES = {"vmap_reference": "the published step", "vmap_vectorised": "vector
 
 
 class _StepTimer:
-    """Hook recording the wall time between consecutive ``on_step_end`` calls."""
+    """Observer recording the wall time between consecutive step ends (the first from its creation)."""
 
     def __init__(self):
         self.times: list[float] = []
-        self._last: float | None = None
-
-    def on_train_start(self, model, n_samples, steps_per_epoch, epochs):
         self._last = time.perf_counter()
 
-    def on_step_end(self, state):
+    def on_batch(self, batch, model, head_inputs):
         now = time.perf_counter()
         self.times.append(now - self._last)
         self._last = now
 
 
-class VmapReferenceHook:
+class VmapReference(OnlineMethod):
     """The published Grad-Mimic training step (github.com/zihengh1/Grad-Mimic, ``gradmimic/training.py`` and the
     ``grad-mimic`` branch of ``run.py``), scoring every trainable parameter, with the published default
     ``normed_proj`` weights. One step:
@@ -84,12 +83,16 @@ class VmapReferenceHook:
     """
 
     def __init__(self, reference: torch.nn.Module, temperature: float = 1.0, vectorised: bool = False):
+        super().__init__()
         self.reference, self.temperature, self.vectorised = reference, temperature, vectorised
 
-    def on_batch(self, state):
+    def loss(self, model, x, y=None, ids=None, *, epoch=None):
         from torch.func import functional_call, grad, vmap
 
-        model = state.model
+        from keepset.training.gradmimic import _AddGrads
+
+        ids, y, logits, losses = self._forward(model, x, y, ids, epoch)
+        self._remember(ids, y, logits, losses, x)
         params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         buffers = {n: b.detach() for n, b in model.named_buffers()}
 
@@ -97,16 +100,16 @@ class VmapReferenceHook:
             return torch.nn.functional.cross_entropy(functional_call(model, (p, buffers), (xi.unsqueeze(0),)),
                                                      yi.unsqueeze(0))
 
-        grads = vmap(grad(one_sample_loss, argnums=2), in_dims=(0, 0, None))(state.x, state.y, params)
+        grads = vmap(grad(one_sample_loss, argnums=2), in_dims=(0, 0, None))(x, y, params)
         names = list(params)
-        b = len(state.y)
+        b = len(y)
         if self.vectorised:
             ref = dict(self.reference.named_parameters())
             v = {n: ref[n].detach() - params[n] for n in names}
             v_norm = torch.sqrt(sum((t * t).sum() for t in v.values()))
             scores = -sum(grads[n].reshape(b, -1) @ v[n].reshape(-1) for n in names) / v_norm
             w = torch.softmax(scores / self.temperature, 0)
-            state.param_grads = {n: torch.tensordot(w, grads[n], 1) for n in names}
+            step_grads = {n: torch.tensordot(w, grads[n], 1) for n in names}
         else:
             current, target = model.state_dict(), self.reference.state_dict()
             task_vector = torch.cat([(target[n] - current[n]).flatten() for n in names])
@@ -116,26 +119,28 @@ class VmapReferenceHook:
             for i, g in enumerate(neg_grads):  # the published code's loop over samples
                 scores[i] = torch.dot(g.flatten(), unit)
             w = torch.softmax(scores / self.temperature, 0)
-            state.param_grads = {n: torch.sum(w.reshape((b,) + (1,) * (grads[n].dim() - 1)) * grads[n], dim=0)
-                                 for n in names}
-        state.sample_weights, state.weighted_params = w, names
+            step_grads = {n: torch.sum(w.reshape((b,) + (1,) * (grads[n].dim() - 1)) * grads[n], dim=0)
+                          for n in names}
+        # the step's gradients are the ones just computed: the returned zero only carries them to the parameters
+        live = dict(model.named_parameters())
+        return _AddGrads.apply([step_grads[n] for n in names], *[live[n] for n in names])
 
 
-def _hooks(variant: str, reference: torch.nn.Module) -> list:
-    from keepset.training import GradMimicHook
+def _method(variant: str, reference: torch.nn.Module) -> OnlineMethod | None:
+    from keepset.training import GradMimic
 
     if variant == "plain":
-        return []
+        return None
     if variant == "last_layer":
-        return [GradMimicHook(reference, layers=None, method="proj")]
+        return GradMimic(reference, layers=None, method="proj")
     if variant == "all_proj":
-        return [GradMimicHook(reference, layers="all", method="proj")]
+        return GradMimic(reference, layers="all", method="proj")
     if variant == "all_cos":
-        return [GradMimicHook(reference, layers="all", method="cos")]
+        return GradMimic(reference, layers="all", method="cos")
     if variant == "vmap_reference":
-        return [VmapReferenceHook(reference)]
+        return VmapReference(reference)
     if variant == "vmap_vectorised":
-        return [VmapReferenceHook(reference, vectorised=True)]
+        return VmapReference(reference, vectorised=True)
     raise ValueError(f"unknown variant {variant!r}")
 
 
@@ -167,8 +172,8 @@ def measure(batch_size: int = 256, repeats: int = 5, steps: int = 4, image_size:
             for variant in rot:
                 model = copy.deepcopy(model0)
                 timer = _StepTimer()
-                fit(model, x, y, epochs=1, batch_size=batch_size, lr=0.01, momentum=0.9, seed=r,
-                    hooks=_hooks(variant, reference) + [timer], progress=False)
+                fit(model, x, y, method=_method(variant, reference), observers=[timer], epochs=1,
+                    batch_size=batch_size, lr=0.01, momentum=0.9, seed=r, progress=False)
                 times[variant].append(timer.times[1:])
                 bar.update(1)
     return times

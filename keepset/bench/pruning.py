@@ -209,8 +209,8 @@ def run(args) -> int:
                              epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed,
                              gradmimic=True)
             ctx_noise[noise] = {"labels": labels, "features": ref.train_features, "run": prun,
-                                "mimic": prun.gradmimic.mean("mimic").astype(np.float64),
-                                "scores": dynamics_scores(prun.dynamics.values, args.early_epochs),
+                                "mimic": prun.mean_mimic(prun.gradmimic),
+                                "scores": dynamics_scores(prun.dynamics_values(), args.early_epochs),
                                 "reference_loss": reference_label_loss(ref.train_logits(), labels)}
         if method == "kcenter" and "kcenter_order" not in ctx_seed:
             top = n_to_keep(len(labels), max(args.ratios))
@@ -223,7 +223,7 @@ def run(args) -> int:
 
             prun = ctx_noise[noise]["run"]
             mask = stage2_filter(prun.gradmimic if method == "stage2" else prun.mimic, binarize="threshold",
-                                 vote="majority")
+                                 vote="majority", ids=prun.ids)
         else:
             ctx = dict(ctx_noise.get(noise, {"labels": labels}))
             ctx["kcenter_order"] = ctx_seed.get("kcenter_order")

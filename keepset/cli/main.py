@@ -10,6 +10,7 @@ from keepset._version import __version__
 EPILOG = """examples:
   keepset demo                                   # Grad-Mimic end to end on the embedded digits data
   keepset demo --data fashion-mnist --noise 0.4 --out out/fmnist
+  keepset filter --data fashion-mnist --trusted-ids trusted.npy --out out/fmnist-filter   # your own labels
   keepset score --data digits --model out/demo/model.safetensors \\
                 --reference out/demo/reference.safetensors --method cos --out scores.parquet
   keepset select --scores scores.parquet --method top --column cos --ratio 0.6 --out keep.npy
@@ -19,13 +20,14 @@ EPILOG = """examples:
 
 def build_parser() -> argparse.ArgumentParser:
     from keepset.cli import bench, demo, score, select
+    from keepset.cli import filter as filter_
 
     parser = argparse.ArgumentParser(
         prog="keepset", description="Score how useful every training sample is and decide which samples to keep.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"keepset {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, score, select, bench):
+    for module in (demo, filter_, score, select, bench):
         module.add_parser(sub)
     return parser
 

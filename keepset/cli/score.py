@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from keepset.cli._common import add_device, add_quiet
 from keepset.cli._method_flags import add_method_flags, method_options
 from keepset.data import SPEC_HELP
 from keepset.scoring.registry import SCORERS, get_scorer, scorer_modules
@@ -24,10 +25,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--method", required=True, choices=sorted(SCORERS), metavar="METHOD",
                    help="scoring method (see the list above)")
     p.add_argument("--out", required=True, help="output score table (.parquet)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="samples per scoring batch (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of randomised steps (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device(p)
+    add_quiet(p)
     p.set_defaults(func=run, _method_flags=add_method_flags(p, scorer_modules()))
 
 
@@ -42,13 +44,17 @@ def run(args) -> int:
     from keepset.data import load_spec
     from keepset.io import check_writable, write_manifest, write_score_table
 
+    from keepset.workflows.filter import check_device
+
     options = _method_options(args)
+    check_device(args.device)
     check_writable(args.out, args.overwrite)
+    check_writable(f"{args.out}.manifest.json", args.overwrite)
     samples = load_spec(args.data)
     options["progress"] = not args.quiet
     columns = get_scorer(args.method)(samples, **options)
-    write_score_table(args.out, samples.ids, samples.labels, columns, overwrite=args.overwrite,
-                      metadata={"keepset_method": args.method, "keepset_data": args.data})
+    write_score_table(args.out, samples.ids, columns, labels=samples.labels, overwrite=args.overwrite,
+                      metadata={"method": args.method, "data": args.data, "class_names": list(samples.class_names)})
     params = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
     write_manifest(f"{args.out}.manifest.json", method=args.method, params=params,
                    data={"spec": args.data, "fingerprint": samples.fingerprint(), "n": len(samples)},

@@ -9,7 +9,9 @@ from keepset.selection.registry import SELECTOR_FLAGS, SELECTORS, get_selector, 
 
 EXAMPLES = """examples:
   keepset select --scores out/demo/scores.parquet --method top --column mimic_mean --ratio 0.6 --out keep.npy
-  keepset select --scores out/demo/scores.parquet --method stage2 --dynamics out/demo/dynamics/gradmimic --out keep.npy
+  keepset select --scores out/demo/scores.parquet --method stage2 --dynamics out/demo/dynamics/gradmimic --out keep2.npy
+  keepset select --scores pool.parquet --id-column uid --method top --column clip_score --ratio 0.3 \
+                 --format datacomp --out keep_uids.npy
 """
 
 
@@ -18,7 +20,10 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("select", help="turn a score table into a keep list",
                               description=f"{__doc__}\n\nmethods:\n{methods}", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scores", required=True, help="score table (.parquet) from keepset score or keepset demo")
+    p.add_argument("--scores", required=True,
+                   help="score table (.parquet) keyed by sample id, from keepset score / filter / demo or your own")
+    p.add_argument("--id-column", default="id",
+                   help="column of --scores holding the sample ids (default: id; DataComp metadata: uid)")
     p.add_argument("--method", required=True, choices=sorted(SELECTORS), metavar="METHOD")
     p.add_argument("--ratio", type=float, default=None, help="fraction of samples to keep, in (0, 1]")
     p.add_argument("--out", required=True, help="keep list (.npy of kept ids)")
@@ -37,19 +42,21 @@ def run(args) -> int:
     from keepset.io import check_writable, read_score_table, uids_to_datacomp, write_keep_list, write_manifest
 
     options = method_options(args, args._method_flags, args.method, lambda m, dest: dest in SELECTOR_FLAGS[m],
-                             SELECTORS, skip=("scores", "out", "method"))
+                             SELECTORS, skip=("scores", "out", "method", "id_column"))
     check_writable(args.out, args.overwrite)
-    table = read_score_table(args.scores)
+    check_writable(f"{args.out}.manifest.json", args.overwrite)
+    table = read_score_table(args.scores, id_column=args.id_column)
     keep = np.asarray(get_selector(args.method)(table, **options))
     if keep.dtype != np.bool_ or keep.shape != table["id"].shape:
         raise ValueError(f"selector {args.method} returned a mask of shape {keep.shape}, dtype {keep.dtype}")
     kept_ids = table["id"][keep]
     if args.format == "datacomp":
         kept_ids = uids_to_datacomp(kept_ids)
-    write_keep_list(args.out, kept_ids, overwrite=args.overwrite)
     params = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    # the manifest first: a keep list on disk always has its (new) manifest beside it
     write_manifest(f"{args.out}.manifest.json", method=args.method, params=params,
                    data={"scores": str(args.scores), "n": int(len(keep))},
                    outputs={"keep": str(args.out), "kept": int(keep.sum())}, overwrite=args.overwrite)
+    write_keep_list(args.out, kept_ids, overwrite=args.overwrite)
     print(f"kept {int(keep.sum())} of {len(keep)} samples ({keep.mean():.1%}) -> {args.out}")
     return 0

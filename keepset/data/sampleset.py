@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from keepset._checks import check_labels
+from keepset._ids import check_ids
 
 InputLoader = Callable[[np.ndarray], np.ndarray]
 
@@ -33,6 +34,10 @@ class SampleSet:
         Optional caption per sample (image-text data).
     name : str
         The data spec this set came from (for manifests and cache keys).
+    true_labels : ndarray int64 [N] or None
+        The clean labels, when known (a copy with injected noise; evaluation only, never read by a filter).
+    corrupted : ndarray bool [N] or None
+        Which samples were corrupted (wrong label or damaged input), when known (evaluation only).
     """
 
     ids: np.ndarray
@@ -42,16 +47,25 @@ class SampleSet:
     loader: InputLoader | None = None
     captions: list[str] | None = None
     name: str = ""
+    true_labels: np.ndarray | None = None
+    corrupted: np.ndarray | None = None
     _positions: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.labels = check_labels(self.labels, len(self.class_names))
-        self.ids = np.asarray(self.ids)
         n = len(self.labels)
+        self.ids = check_ids(self.ids, "ids")
         if self.ids.shape != (n,):
-            raise ValueError(f"ids must have shape ({n},) to match labels, got {self.ids.shape}")
-        if len(np.unique(self.ids)) != n:
-            raise ValueError("ids must be unique; found duplicates")
+            raise ValueError(f"there are {n} labels but {len(self.ids)} ids; give one id per sample")
+        if self.true_labels is not None:
+            self.true_labels = check_labels(self.true_labels, len(self.class_names), "true_labels")
+            if self.true_labels.shape != (n,):
+                raise ValueError(f"true_labels has {len(self.true_labels)} entries but there are {n} labels")
+        if self.corrupted is not None:
+            self.corrupted = np.asarray(self.corrupted)
+            if self.corrupted.dtype != np.bool_ or self.corrupted.shape != (n,):
+                raise ValueError(f"corrupted must be a boolean mask of shape ({n},), got {self.corrupted.dtype} "
+                                 f"{self.corrupted.shape}")
         if self.inputs is None and self.loader is None:
             raise ValueError("a SampleSet needs either in-memory inputs or a loader")
         if self.inputs is not None and len(self.inputs) != n:
@@ -91,8 +105,16 @@ class SampleSet:
             loader=self.loader,
             captions=None if self.captions is None else [self.captions[i] for i in sel],
             name=self.name,
+            true_labels=None if self.true_labels is None else self.true_labels[sel],
+            corrupted=None if self.corrupted is None else self.corrupted[sel],
             _positions=None if self._positions is None else self._positions[sel],
         )
+
+    def positions_of(self, ids) -> np.ndarray:
+        """Positions [M] of the samples with the given ids (any order); ValueError naming how many are unknown."""
+        from keepset._ids import align, as_ids
+
+        return align(as_ids(ids), self.ids, what="ids", source=f"the data {self.name or ''}".rstrip())
 
     def with_labels(self, labels: np.ndarray) -> "SampleSet":
         """The same samples with other labels (e.g. after noise injection)."""

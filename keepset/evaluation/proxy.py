@@ -1,10 +1,13 @@
 """The shared benchmark setting (the same as keepset's demo):
 
-1. split the data with ``split_indices(labels, (0.6, 0.15, 0.25), seed)`` into train / trusted / test;
-2. train a network on the trusted split's clean labels (the reference) and freeze its backbone;
+1. split the data with ``split_indices(labels, (0.6, 0.15, 0.25), seed)`` into train / trusted / test, and
+   the trusted split into the reference's part and a held-out part (``HOLDOUT``, stratified, seeded);
+2. train a network on the reference's part of the trusted split (clean labels) and freeze its backbone; its
+   accuracy on the held-out trusted part is what quality estimates may use (the test split is for final
+   metrics only);
 3. train a fresh linear head on the (noisy) train split's backbone features with plain SGD, while
-   ``GradMimicHook`` (reference = a LinearProbe holding the trusted net's head, ``reweight=False``)
-   records every step's Mimic Score and ``DynamicsHook`` records loss / correctness / margins ...;
+   ``GradMimic`` (reference = a LinearProbe holding the trusted net's head, ``reweight=False``) records
+   every step's Mimic Score and ``DynamicsObserver`` records loss / correctness / margins ..., by sample id;
 4. optionally (``gradmimic=True``) train the same fresh head with Grad-Mimic's Stage 1 re-weighting,
    recording every step's Mimic Score: the input of Grad-Mimic's Stage 2 in the published pipeline and
    in keepset's demo.
@@ -22,24 +25,31 @@ import torch
 
 from keepset.data import add_label_noise, split_indices
 from keepset.models import LinearProbe, model_for_inputs
-from keepset.training import DynamicsRecorder, GradMimicHook, accuracy, embed, fit
-from keepset.training.dynamics_hook import DYNAMICS_FIELDS, DynamicsHook
+from keepset.recorder import DynamicsRecorder, dense_by_epoch, per_sample
+from keepset.training import GradMimic, accuracy, embed, fit
+from keepset.training.dynamics_observer import DYNAMICS_FIELDS, DynamicsObserver
+from keepset.training.gradmimic import RECORD_FIELDS
 from keepset.training.step_size import probe_learning_rate
+
+#: fraction of the trusted split held out from the reference: its accuracy there corrects quality estimates
+HOLDOUT = 0.2
 
 
 @dataclass
 class Split:
     train: np.ndarray
-    trusted: np.ndarray
+    trusted: np.ndarray  # the reference's part of the trusted split
     test: np.ndarray
+    holdout: np.ndarray  # the held-out part of the trusted split
 
 
 @dataclass
 class Reference:
     net: torch.nn.Module
-    trusted_accuracy: float  # test accuracy of the net trained on the trusted split only
+    holdout_accuracy: float  # accuracy on the held-out trusted samples (what estimates may use)
     train_features: np.ndarray  # [N_train, d] backbone features of the train split
     test_features: np.ndarray
+    test_accuracy: float  # final metric only
 
     def train_logits(self) -> np.ndarray:
         """The reference network's head on its frozen features of the train split: float64 [N_train, K]."""
@@ -52,19 +62,29 @@ class Reference:
 class ProxyRun:
     """One proxy run on (noisy) labels: recorded dynamics and Mimic Scores of every train sample."""
 
+    ids: np.ndarray  # [N_train] sample ids of the train split (every recording is keyed by them)
     labels: np.ndarray  # [N_train] labels trained on
     corrupted: np.ndarray  # [N_train] bool
-    mimic: DynamicsRecorder  # fields mimic, mimic_normed
+    mimic: DynamicsRecorder  # fields RECORD_FIELDS, recorded during plain SGD
     dynamics: DynamicsRecorder  # fields DYNAMICS_FIELDS
     head_test_accuracy: float
     head_lr: float  # the SGD step the head was trained with
-    gradmimic: DynamicsRecorder | None = None  # mimic, mimic_normed recorded during Grad-Mimic training
+    gradmimic: DynamicsRecorder | None = None  # RECORD_FIELDS recorded during Grad-Mimic training
     gradmimic_test_accuracy: float | None = None
+
+    def mean_mimic(self, rec: DynamicsRecorder) -> np.ndarray:
+        """Each train sample's mean Mimic Score in ``rec``: float64 [N_train], in the train split's order."""
+        return per_sample(rec, "mimic", "mean", ids=self.ids)
+
+    def dynamics_values(self) -> dict[str, np.ndarray]:
+        """The recorded dynamics as {field: [epochs, N_train]} (``keepset.scoring.dynamics`` reads these)."""
+        return dense_by_epoch(self.dynamics, self.dynamics.fields, self.ids)
 
 
 def make_split(labels, seed: int) -> Split:
     train, trusted, test = split_indices(labels, (0.6, 0.15, 0.25), seed)
-    return Split(train, trusted, test)
+    fit_part, held = split_indices(np.asarray(labels)[trusted], (1 - HOLDOUT, HOLDOUT), seed)
+    return Split(train, trusted[fit_part], test, trusted[held])
 
 
 def train_network(kind: str, x, y, num_classes: int, *, epochs: int, batch_size: int, lr: float, seed: int,
@@ -82,9 +102,10 @@ def train_reference(samples, split: Split, kind: str, *, epochs: int, batch_size
     x_tr, y_tr = samples.get_inputs(split.trusted), samples.labels[split.trusted]
     net = train_network(kind, x_tr, y_tr, samples.num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
                         seed=seed, desc="reference")
+    held = accuracy(net, samples.get_inputs(split.holdout), samples.labels[split.holdout])
     x_test = samples.get_inputs(split.test)
-    acc = accuracy(net, x_test, samples.labels[split.test])
-    return Reference(net, acc, embed(net, samples.get_inputs(split.train)), embed(net, x_test))
+    return Reference(net, held, embed(net, samples.get_inputs(split.train)), embed(net, x_test),
+                     accuracy(net, x_test, samples.labels[split.test]))
 
 
 def noisy_labels(samples, split: Split, kind: str, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +117,7 @@ def noisy_labels(samples, split: Split, kind: str, rate: float, seed: int) -> tu
 
 
 def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, *, epochs: int,
-              batch_size: int, lr: float | None, seed: int, gradmimic: bool = False) -> ProxyRun:
+              batch_size: int, lr: float | None, seed: int, gradmimic: bool = False, ids=None) -> ProxyRun:
     """Train a fresh linear head on the train features with plain SGD, recording Mimic Scores and dynamics;
     with ``gradmimic`` also the same head with Grad-Mimic re-weighting, recording Mimic Scores.
 
@@ -113,17 +134,17 @@ def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, 
     torch.manual_seed(seed + 1)
     head0 = LinearProbe(d, num_classes)
     head = copy.deepcopy(head0)
-    mimic = DynamicsRecorder(n, epochs, ("mimic", "mimic_normed"))
-    dyn = DynamicsRecorder(n, epochs, DYNAMICS_FIELDS)
-    hooks = [GradMimicHook(reference, reweight=False, recorder=mimic), DynamicsHook(dyn)]
-    fit(head, feats, labels, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed,
-        hooks=hooks, progress=False, desc="proxy")
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
+    mimic = DynamicsRecorder(None, RECORD_FIELDS)
+    obs = DynamicsObserver(DynamicsRecorder(None, DYNAMICS_FIELDS))
+    fit(head, feats, labels, ids=ids, method=GradMimic(reference, reweight=False, record_to=mimic), observers=[obs],
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False, desc="proxy")
     acc = accuracy(head, ref.test_features, test_labels)
-    out = ProxyRun(np.asarray(labels), np.asarray(corrupted), mimic, dyn, acc, float(lr))
+    out = ProxyRun(ids, np.asarray(labels), np.asarray(corrupted), mimic, obs.recorder, acc, float(lr))
     if gradmimic:
-        out.gradmimic = DynamicsRecorder(n, epochs, ("mimic", "mimic_normed"))
-        fit(head0, feats, labels, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed,
-            hooks=[GradMimicHook(reference, reweight=True, recorder=out.gradmimic)], progress=False,
+        out.gradmimic = DynamicsRecorder(None, RECORD_FIELDS)
+        fit(head0, feats, labels, ids=ids, method=GradMimic(reference, reweight=True, record_to=out.gradmimic),
+            epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False,
             desc="proxy (Grad-Mimic)")
         out.gradmimic_test_accuracy = accuracy(head0, ref.test_features, test_labels)
     return out

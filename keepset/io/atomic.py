@@ -26,9 +26,7 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
 
 def _default_mode() -> int:
     """The mode a plain ``open(path, "w")`` would give (0666 minus the umask); mkstemp uses 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -52,3 +50,59 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> P
     with atomic_path(path, overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def check_output_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Validate an output folder before any work: it must not exist (unless ``overwrite``), must not be a file,
+    and its parent must be creatable and writable. Returns it as a Path."""
+    path = Path(path)
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"the output folder name {str(path)!r} is not valid UTF-8; choose another name") from None
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file; --out must name a folder")
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{path} already holds outputs; pass --overwrite (overwrite=True) to replace them "
+                                "or choose another --out")
+    parent = path.resolve().parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write under {probe}: choose a writable --out")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, overwrite: bool = False):
+    """Yield a fresh temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    A run that fails or is killed leaves ``path`` exactly as it was (the temporary folder, named
+    ``.<name>.tmp-*``, is removed on failure; a killed run's is left beside it and never read).
+    """
+    import shutil
+
+    path = check_output_dir(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+        os.rmdir(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask

@@ -31,6 +31,12 @@ def per_sample_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def loss_couples_batch(loss_fn) -> bool:
+    """Whether a per-sample loss couples the samples of a batch (sample i's loss depends on the others, as
+    CLIP's contrastive loss does): declared by the loss with ``loss_fn.couples_batch = True``."""
+    return bool(getattr(loss_fn, "couples_batch", False))
+
+
 def last_linear_name(model: nn.Module) -> str:
     """Name of the last ``nn.Linear`` module in registration order (e.g. ``"head"``)."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]

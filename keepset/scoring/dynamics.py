@@ -1,6 +1,6 @@
 """Training-dynamics scores as plain functions over arrays (cleanlab style).
 
-Per-batch raw quantities (what ``keepset.training.dynamics_hook.DynamicsHook`` records, one value per
+Per-batch raw quantities (what ``keepset.training.dynamics_observer.DynamicsObserver`` records, one value per
 sample per epoch, i.e. arrays ``[E, N]`` with NaN where a sample was not seen):
 
 - ``loss``       cross-entropy of the assigned label
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keepset.training.dynamics_hook import DYNAMICS_FIELDS  # noqa: E402,F401  (the recorded fields)
+from keepset.training.dynamics_observer import DYNAMICS_FIELDS  # noqa: E402,F401  (the recorded fields)
 
 # how each score column is oriented: True when a HIGH value means hard / suspicious (likely mislabelled)
 HIGH_IS_HARD = {"loss": True, "el2n": True, "grand": True, "forgetting": True, "aum": False,

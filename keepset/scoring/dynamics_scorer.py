@@ -1,4 +1,4 @@
-"""``keepset score --method dynamics``: train a network on the data once with ``DynamicsHook`` and
+"""``keepset score --method dynamics``: train a network on the data once with ``DynamicsObserver`` and
 return every training-dynamics score column (loss, el2n, grand, forgetting, aum, entropy, margin,
 least_confidence; see ``keepset.scoring.dynamics``)."""
 
@@ -20,19 +20,20 @@ def add_arguments(parser) -> None:
 
 def score_dynamics(samples: SampleSet, *, dyn_model: str = "mlp", dyn_epochs: int = 10, dyn_lr: float = 0.05,
                    early_epochs: int = 2, batch_size: int = 64, seed: int = 0, progress: bool = True,
-                   **_) -> dict[str, np.ndarray]:
+                   device: str = "cpu", **_) -> dict[str, np.ndarray]:
     """Train ``dyn_model`` on all of ``samples`` (their labels) and return {column: float64 [N]}."""
     import torch
 
     from keepset.models import model_for_inputs
     from keepset.scoring.dynamics import dynamics_scores
+    from keepset.recorder import dense_by_epoch
     from keepset.training import fit
-    from keepset.training.dynamics_hook import DynamicsHook
+    from keepset.training.dynamics_observer import DynamicsObserver
 
     x = samples.get_inputs()
     torch.manual_seed(seed)
     net = model_for_inputs(dyn_model, tuple(x.shape[1:]), samples.num_classes)
-    hook = DynamicsHook()
-    fit(net, x, samples.labels, epochs=dyn_epochs, batch_size=min(batch_size, 256), lr=dyn_lr, momentum=0.9,
-        seed=seed, hooks=[hook], progress=progress, desc="dynamics")
-    return dynamics_scores(hook.recorder.values, early_epochs)
+    obs = DynamicsObserver()
+    fit(net, x, samples.labels, ids=samples.ids, observers=[obs], epochs=dyn_epochs, batch_size=min(batch_size, 256),
+        lr=dyn_lr, momentum=0.9, seed=seed, progress=progress, desc="dynamics", device=device)
+    return dynamics_scores(dense_by_epoch(obs.recorder, obs.fields, samples.ids), early_epochs)

@@ -24,7 +24,8 @@ def add_arguments(parser) -> None:
 
 
 def score_mimic(samples: SampleSet, *, method: str = "proj", model=None, reference=None, layers=None,
-                temperature: float = 1.0, batch_size: int = 256, progress: bool = True, **_) -> dict[str, np.ndarray]:
+                temperature: float = 1.0, batch_size: int = 256, progress: bool = True, device: str = "cpu",
+                **_) -> dict[str, np.ndarray]:
     """Mimic Score of every sample of ``samples``. ``model``/``reference``: modules or checkpoint paths.
 
     Normed methods are softmax-normalised within each batch of ``batch_size`` samples, as in training.
@@ -48,14 +49,14 @@ def score_mimic(samples: SampleSet, *, method: str = "proj", model=None, referen
     if set(mine) != set(ref) or any(mine[n].shape != ref[n].shape for n in mine):
         warnings.warn("model and reference differ outside the scored layers; make sure they share a backbone "
                       "(linear probing) or an initialisation (fine-tuning), or the scores point nowhere", stacklevel=2)
-    model.eval()
-    reference.eval()
+    model.eval().to(device)
+    reference.eval().to(device)
     n = len(samples)
     out = np.empty(n, dtype=np.float32)
     for start in progress_bar(range(0, n, batch_size), desc=f"{method} scores", enabled=progress):
         pos = np.arange(start, min(n, start + batch_size))
-        x = torch.from_numpy(samples.get_inputs(pos))
-        y = torch.from_numpy(samples.labels[pos])
+        x = torch.from_numpy(samples.get_inputs(pos)).to(device)
+        y = torch.from_numpy(samples.labels[pos]).to(device)
         out[pos] = mimic_scores(model, reference, x, y, layers=names, method=method,
-                                temperature=temperature).numpy()
+                                temperature=temperature).detach().cpu().numpy()
     return {method: out}

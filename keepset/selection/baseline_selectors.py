@@ -5,8 +5,8 @@ Each is ``fn(table: dict[str, ndarray [N]], **options) -> bool [N]``:
 - ``random``     --ratio [--balanced] [--seed]
 - ``balanced``   --column --ratio [--lowest]       top (bottom) ratio of every class
 - ``ccs``        --column --ratio [--hard-cutoff 0.1] [--strata 50] [--hardest high|low] [--seed]
-- ``moderate``   --features FEATS.npy --ratio       Moderate-DS on features aligned with the table rows
-- ``kcenter``    --features FEATS.npy --ratio [--seed]
+- ``moderate``   --features FEATS.npz --ratio       Moderate-DS on features joined to the table by id
+- ``kcenter``    --features FEATS.npz --ratio [--seed]
 - ``expr``       --expr "top(clip, 0.3) - bottom(mimic, 0.2)"   set algebra (keepset.selection.setops)
 """
 
@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
     _add(parser, "--strata", type=int, default=50, help="ccs: number of score bins")
     _add(parser, "--hardest", choices=("high", "low"), default="high",
          help="ccs: whether high (EL2N, forgetting) or low (AUM) scores are hard")
-    _add(parser, "--features", default=None, help="moderate/kcenter: .npy float [N, d] aligned with the table rows")
+    _add(parser, "--features", default=None,
+         help="moderate/kcenter: .npz with `ids` [N] and `features` [N, d], joined to the table by id")
     _add(parser, "--expr", default=None,
          help="expr: e.g. \"top(clip, 0.3) - bottom(mimic, 0.2)\" (& | - ^ ~, top/bottom(COLUMN, RATIO))")
 
@@ -46,7 +47,13 @@ def _need(options: dict, key: str, flag: str, method: str):
 
 
 def _n(table: dict) -> int:
-    return len(table["label"]) if "label" in table else len(next(iter(table.values())))
+    return len(table["id"])
+
+
+def _labels(table: dict, method: str) -> np.ndarray:
+    if "label" not in table:
+        raise ValueError(f"--method {method} selects within classes and needs a `label` column; the table has none")
+    return table["label"]
 
 
 def _score(table: dict, options: dict, method: str) -> np.ndarray:
@@ -57,16 +64,28 @@ def _score(table: dict, options: dict, method: str) -> np.ndarray:
 
 
 def _features(table: dict, options: dict, method: str) -> np.ndarray:
-    path = Path(_need(options, "features", "--features FEATS.npy", method))
+    """The features of the table's samples, in the table's row order, joined by id."""
+    from keepset._ids import check_ids, check_same_ids
+
+    path = Path(_need(options, "features", "--features FEATS.npz", method))
     if not path.exists():
         raise FileNotFoundError(f"features file not found: {path}")
     try:
-        x = np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
     except Exception as exc:
-        raise ValueError(f"{path} is not a .npy array of features: {exc}") from None
-    if x.ndim != 2 or len(x) != _n(table):
-        raise ValueError(f"features must be [N, d] with N = {_n(table)} rows (one per table row), got {x.shape}")
-    return x
+        raise ValueError(f"{path} is not an .npz of plain arrays (`ids`, `features`): {str(exc).splitlines()[0]}") from None
+    if "ids" not in arrays or "features" not in arrays:
+        raise ValueError(f"{path} needs `ids` [N] and `features` [N, d] arrays (found {sorted(arrays)}); features "
+                         "are joined to the score table by id, never by row position")
+    x = arrays["features"]
+    ids = check_ids(arrays["ids"], f"ids of {path.name}")
+    if x.ndim != 2 or len(x) != len(ids):
+        raise ValueError(f"`features` in {path} must be [N, d] with one row per id ({len(ids)}), got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"`features` in {path} hold NaN or inf values")
+    pos = check_same_ids(table["id"], ids, a_name="the score table", b_name=str(path))
+    return x[pos]
 
 
 def select_random_table(table: dict, **options) -> np.ndarray:
@@ -75,14 +94,14 @@ def select_random_table(table: dict, **options) -> np.ndarray:
     ratio = _need(options, "ratio", "--ratio R", "random")
     seed = int(options.get("seed") or 0)
     if options.get("balanced"):
-        return select_random_class_balanced(table["label"], ratio, seed)
+        return select_random_class_balanced(_labels(table, "random --balanced"), ratio, seed)
     return select_random(_n(table), ratio, seed)
 
 
 def select_balanced_table(table: dict, **options) -> np.ndarray:
     from keepset.selection.baselines import select_class_balanced
 
-    return select_class_balanced(_score(table, options, "balanced"), table["label"],
+    return select_class_balanced(_score(table, options, "balanced"), _labels(table, "balanced"),
                                  _need(options, "ratio", "--ratio R", "balanced"),
                                  largest=not options.get("lowest"))
 
@@ -99,7 +118,7 @@ def select_ccs_table(table: dict, **options) -> np.ndarray:
 def select_moderate_table(table: dict, **options) -> np.ndarray:
     from keepset.selection.moderate import moderate_ds
 
-    return moderate_ds(_features(table, options, "moderate"), table["label"],
+    return moderate_ds(_features(table, options, "moderate"), _labels(table, "moderate"),
                        _need(options, "ratio", "--ratio R", "moderate"))
 
 

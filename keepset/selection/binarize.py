@@ -1,11 +1,11 @@
 """Per-step binarisation of recorded scores, vectorised over every step at once.
 
-Inputs are the recorder's ``values[E, N]`` (NaN where a sample was not seen in that epoch) and
-``step[E, N]`` (the global step of each visit). Each step's batch is split into a "keep" and a
-"drop" group. Output: int8 decisions ``[E, N]``: 1 keep, 0 drop, -1 not seen.
+Inputs are flat records: ``values [M]`` (one recorded score per sample visit) and ``step [M]`` (the
+global step of each visit), holding complete steps. Each step's batch is split into a "keep" and a
+"drop" group. Output: bool ``keep [M]``.
 
-- ``threshold``: keep when the normed score exceeds ``1 / B`` (B = that step's batch size), i.e.
-  the sample gets more than the uniform weight.
+- ``threshold``: keep when the normed score exceeds ``1 / B`` (B = the number of records of that step,
+  i.e. its batch size): the sample gets more than the uniform weight.
 - ``kmeans``: exact 1-D 2-means per step (the best split of the sorted scores); keep the high cluster.
 - ``gmm``: a 2-component Gaussian mixture per step (EM run for all steps together); keep samples
   whose posterior for the higher-mean component exceeds 0.5.
@@ -18,29 +18,25 @@ import numpy as np
 BINARIZE_METHODS = ("threshold", "kmeans", "gmm")
 
 
-def _flatten(values: np.ndarray, step: np.ndarray):
-    values = np.asarray(values, dtype=np.float64)
-    step = np.asarray(step)
-    if values.shape != step.shape or values.ndim != 2:
-        raise ValueError(f"values and step must both be [E, N]; got {values.shape} and {step.shape}")
-    seen = ~np.isnan(values) & (step >= 0)
-    rows, cols = np.nonzero(seen)
-    return values[rows, cols], step[rows, cols].astype(np.int64), rows, cols, seen
+def _flat(values, step) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(values, dtype=np.float64)
+    g = np.asarray(step)
+    if v.ndim != 1 or v.shape != g.shape:
+        raise ValueError(f"values and step must both be 1-D records of one length; got {v.shape} and {g.shape}")
+    if not np.issubdtype(g.dtype, np.integer):
+        raise ValueError(f"step must hold integers, got dtype {g.dtype}")
+    if not np.isfinite(v).all():
+        raise ValueError(f"{int((~np.isfinite(v)).sum())} recorded scores are NaN or inf; record finite scores")
+    return v, g.astype(np.int64)
 
 
-def _scatter(shape, rows, cols, keep) -> np.ndarray:
-    out = np.full(shape, -1, dtype=np.int8)
-    out[rows, cols] = keep.astype(np.int8)
-    return out
-
-
-def binarize_threshold(normed, step, batch_sizes) -> np.ndarray:
-    """Keep where ``normed > 1 / B_step``. normed, step: [E, N]; batch_sizes: int [total_steps]."""
-    v, g, rows, cols, _ = _flatten(normed, step)
-    bs = np.asarray(batch_sizes, dtype=np.float64)
-    if len(g) and g.max() >= len(bs):
-        raise ValueError(f"step ids go up to {g.max()} but only {len(bs)} batch sizes were given")
-    return _scatter(np.shape(normed), rows, cols, v > 1.0 / bs[g])
+def binarize_threshold(normed, step) -> np.ndarray:
+    """Keep where ``normed > 1 / B_step``, B_step the number of records of the step. [M] -> bool [M]."""
+    v, g = _flat(normed, step)
+    if not len(g):
+        return np.zeros(0, bool)
+    _, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
+    return v > 1.0 / counts[inverse]
 
 
 def _group_sort(v: np.ndarray, g: np.ndarray):
@@ -119,17 +115,14 @@ def gmm_split(v: np.ndarray, g: np.ndarray, n_iter: int = 100, tol: float = 1e-8
     return high_post > 0.5
 
 
-def binarize_steps(values, step, *, method: str = "threshold", batch_sizes=None) -> np.ndarray:
-    """Binarise every step's scores. ``threshold`` needs normed scores and ``batch_sizes``.
-
-    Returns int8 decisions [E, N]: 1 keep, 0 drop, -1 not seen.
-    """
+def binarize_records(values, step, *, method: str = "threshold") -> np.ndarray:
+    """Binarise every step's records: ``values [M]`` (normed scores for ``threshold``, raw ones for
+    ``kmeans`` / ``gmm``), ``step [M]`` holding complete steps. Returns bool keep [M]."""
     if method not in BINARIZE_METHODS:
         raise ValueError(f"unknown binarize method {method!r}; choose one of {BINARIZE_METHODS}")
     if method == "threshold":
-        if batch_sizes is None:
-            raise ValueError("the threshold method needs the batch size of every step")
-        return binarize_threshold(values, step, batch_sizes)
-    v, g, rows, cols, _ = _flatten(values, step)
-    keep = kmeans_split(v, g) if method == "kmeans" else gmm_split(v, g)
-    return _scatter(np.shape(values), rows, cols, keep)
+        return binarize_threshold(values, step)
+    v, g = _flat(values, step)
+    if not len(v):
+        return np.zeros(0, bool)
+    return kmeans_split(v, g) if method == "kmeans" else gmm_split(v, g)

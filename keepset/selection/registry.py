@@ -34,7 +34,7 @@ SELECTORS: dict[str, tuple[str, str, str]] = {
 #: given with that selector is refused rather than ignored
 SELECTOR_FLAGS: dict[str, frozenset[str]] = {
     "top": frozenset({"ratio", "column", "lowest"}),
-    "stage2": frozenset({"ratio", "dynamics", "binarize", "vote"}),
+    "stage2": frozenset({"ratio", "dynamics", "binarize", "vote", "unseen"}),
     "clip-powered": frozenset({"ratio", "lam", "beta", "faithful", "sas_column", "sds_column"}),
     "random": frozenset({"ratio", "balanced"}),
     "balanced": frozenset({"ratio", "column", "lowest"}),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from typing import Iterator
+
 import numpy as np
 
-from keepset.selection.binarize import binarize_steps
+from keepset.selection.binarize import BINARIZE_METHODS, binarize_records
 from keepset.selection.topk import select_top
 
 VOTES = ("majority", "weighted")
@@ -26,7 +29,7 @@ def _decide(yes: np.ndarray, total: np.ndarray, unseen: str) -> np.ndarray:
     if never.any():
         if unseen == "error":
             raise ValueError(f"{int(never.sum())} samples were never scored; pass unseen='keep' or 'drop' "
-                             "to decide for them, or record more steps")
+                             "(--unseen on the CLI) to decide for them, or record more steps")
         if unseen not in ("keep", "drop"):
             raise ValueError(f"unseen must be 'error', 'keep' or 'drop', got {unseen!r}")
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -61,37 +64,101 @@ def estimate_quality(keep) -> float:
     return float(keep.mean())
 
 
-def stage2_filter(recorder, *, binarize: str = "threshold", vote: str = "majority", weights=None,
-                  field: str | None = None, unseen: str = "error") -> np.ndarray:
-    """The Stage 2 keep mask from a ``DynamicsRecorder`` holding "mimic" and "mimic_normed",
-    streamed one epoch row at a time.
+def step_decisions(recorder, *, binarize: str = "threshold", field: str | None = None,
+                   rows: int = 1 << 20) -> Iterator[dict[str, np.ndarray]]:
+    """Stream the per-visit decisions of a recorded log, complete steps at a time.
 
-    ``threshold`` binarises the normed score against 1/B; ``kmeans`` and ``gmm`` cluster the raw score
-    (or ``field`` if given). Returns bool [N].
+    Yields {"id", "step", "epoch", "keep"} chunks (keep: bool, the step's binarisation of ``field``;
+    default ``mimic_normed`` for ``threshold``, ``mimic`` otherwise). Records must be in step order, as a
+    ``DynamicsRecorder`` writes them; memory is bounded by ``rows`` plus one step.
     """
+    if binarize not in BINARIZE_METHODS:
+        raise ValueError(f"unknown binarize method {binarize!r}; choose one of {BINARIZE_METHODS}")
     if field is None:
         field = "mimic_normed" if binarize == "threshold" else "mimic"
-    if field not in recorder.values:
-        raise ValueError(f"the recorded dynamics have no field {field!r} (have {list(recorder.values)})")
-    values, step, sizes = recorder.values[field], recorder.step, recorder.batch_sizes
-    w = _row_weights(values.shape[0], vote, weights)
-    yes = np.zeros(values.shape[1])
-    total = np.zeros(values.shape[1])
-    # every step lies inside one epoch row, so rows are binarised one at a time: a memory-mapped
-    # recording never has to fit in RAM
-    for e in range(values.shape[0]):
-        d = binarize_steps(np.asarray(values[e:e + 1]), np.asarray(step[e:e + 1]), method=binarize,
-                           batch_sizes=sizes)[0]
-        yes += w[e] * (d == 1)
-        total += w[e] * (d >= 0)
+    if field not in recorder.fields:
+        raise ValueError(f"the recorded dynamics have no field {field!r} (have {list(recorder.fields)})")
+    carry: dict[str, np.ndarray] | None = None
+    last_step = -1
+    cols = ["id", "step", "epoch", field]
+    for chunk in recorder.iter_chunks(cols, rows=rows):
+        if len(chunk["step"]) and (chunk["step"][0] < last_step or (np.diff(chunk["step"]) < 0).any()):
+            raise ValueError("the recorded steps are out of order; Stage 2 reads logs written step by step "
+                             "(merge per-process logs with keepset.recorder before filtering)")
+        if len(chunk["step"]):
+            last_step = int(chunk["step"][-1])
+        if carry is not None:
+            chunk = {c: np.concatenate([carry[c], chunk[c]]) for c in cols}
+        done = chunk["step"] != last_step  # the last step may continue in the next chunk
+        carry = {c: chunk[c][~done] for c in cols}
+        if done.any():
+            yield _decide_chunk({c: chunk[c][done] for c in cols}, field, binarize)
+    if carry is not None and len(carry["step"]):
+        yield _decide_chunk(carry, field, binarize)
+
+
+def _decide_chunk(chunk: dict, field: str, binarize: str) -> dict[str, np.ndarray]:
+    keep = binarize_records(chunk[field], chunk["step"], method=binarize)
+    return {"id": chunk["id"], "step": chunk["step"], "epoch": chunk["epoch"], "keep": keep}
+
+
+def stage2_votes(recorder, *, binarize: str = "threshold", vote: str = "majority", field: str | None = None,
+                 ids=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep votes per sample, streamed: (ids [N], yes [N], total [N]) with ``yes`` / ``total`` the (weighted)
+    number of visits voting keep / all visits; a sample never recorded has total 0.
+
+    vote : "majority" (every visit counts 1) or "weighted" (a visit in epoch e counts e + 1, so later,
+        better-informed steps count more). ids : the samples to report, in their order (any order; default
+        the log's sorted unique ids); recorded ids missing from ``ids`` raise a ValueError naming how many.
+    """
+    from keepset.recorder import index_of, target_ids
+
+    if vote not in VOTES:
+        raise ValueError(f"unknown vote {vote!r}; choose one of {VOTES}")
+    logged, where = target_ids(recorder, ids)
+    yes = np.zeros(len(logged))
+    total = np.zeros(len(logged))
+    for d in step_decisions(recorder, binarize=binarize, field=field):
+        pos = index_of(logged, d["id"])
+        w = np.ones(len(pos)) if vote == "majority" else np.maximum(d["epoch"], 0).astype(np.float64) + 1.0
+        yes += np.bincount(pos, w * d["keep"], len(logged))
+        total += np.bincount(pos, w, len(logged))
+    if ids is None:
+        return logged, yes, total
+    from keepset._ids import check_ids
+
+    out_ids = check_ids(ids, "ids")
+    out_yes, out_total = np.zeros(len(out_ids)), np.zeros(len(out_ids))
+    out_yes[where], out_total[where] = yes, total
+    return out_ids, out_yes, out_total
+
+
+def stage2_filter(recorder, *, binarize: str = "threshold", vote: str = "majority", field: str | None = None,
+                  unseen: str = "error", ids=None) -> np.ndarray:
+    """The Stage 2 keep mask from recorded dynamics (a ``DynamicsRecorder`` or its folder), out of core.
+
+    Every step is binarised (``threshold``: the normed score against 1/B; ``kmeans`` / ``gmm``: the raw
+    score, or ``field``), and a sample is kept when at least half of its (weighted) visits vote keep.
+    ids : the samples to decide for, in the caller's order (e.g. a score table's id column); default the
+        log's sorted unique ids (``keepset.recorder.unique_ids``).
+    unseen : samples of ``ids`` never recorded: "error" (default, naming how many), "keep" or "drop".
+    Returns bool [N], aligned with ``ids``.
+    """
+    if isinstance(recorder, (str, os.PathLike)):
+        from keepset.recorder import DynamicsRecorder
+
+        recorder = DynamicsRecorder.open(recorder)
+    _, yes, total = stage2_votes(recorder, binarize=binarize, vote=vote, field=field, ids=ids)
     return _decide(yes, total, unseen)
 
 
-def rank_by_dynamics(recorder, ratio: float, *, how: str = "mean", field: str = "mimic") -> np.ndarray:
-    """Keep the top ``ratio`` of samples ranked by their last-step or mean recorded ``field``."""
+def rank_by_dynamics(recorder, ratio: float, *, how: str = "mean", field: str = "mimic", ids=None) -> np.ndarray:
+    """Keep the top ``ratio`` of samples ranked by their last or mean recorded ``field`` (aligned with ``ids``)."""
+    from keepset.recorder import per_sample
+
     if how not in ("last", "mean"):
         raise ValueError(f"how must be 'last' or 'mean', got {how!r}")
-    scores = recorder.last(field) if how == "last" else recorder.mean(field)
+    scores = per_sample(recorder, field, how, ids=ids)
     if np.isnan(scores).any():
         raise ValueError(f"{int(np.isnan(scores).sum())} samples have no recorded {field!r}; record more steps")
     return select_top(scores, ratio)

@@ -13,8 +13,12 @@ def add_arguments(parser) -> None:
     g.add_argument("--column", help="score column to rank by (method top)")
     g.add_argument("--lowest", action="store_true", help="keep the lowest scores instead of the highest")
     g.add_argument("--dynamics", help="folder of recorded dynamics (method stage2), e.g. out/demo/dynamics/gradmimic")
-    g.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold")
-    g.add_argument("--vote", choices=("majority", "weighted"), default="majority")
+    g.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold",
+                   help="stage2: per-step binarisation (default threshold 1/B on the normed score)")
+    g.add_argument("--vote", choices=("majority", "weighted"), default="majority",
+                   help="stage2: majority of visits, or later epochs weighted more (default majority)")
+    g.add_argument("--unseen", choices=("error", "keep", "drop"), default="error",
+                   help="stage2: table samples the dynamics never recorded (default: error)")
 
 
 def _column(table: dict, column: str | None) -> np.ndarray:
@@ -33,16 +37,15 @@ def select_top_column(table: dict, *, ratio=None, column=None, lowest: bool = Fa
 
 
 def select_stage2(table: dict, *, dynamics=None, binarize: str = "threshold", vote: str = "majority",
-                  ratio=None, **_) -> np.ndarray:
-    """The Grad-Mimic Stage 2 filter from recorded dynamics whose rows match the table's rows."""
-    from keepset.training.recorder import DynamicsRecorder
+                  unseen: str = "error", ratio=None, **_) -> np.ndarray:
+    """The Grad-Mimic Stage 2 filter from recorded dynamics, joined to the table by id (rows in any order)."""
+    from keepset.recorder import DynamicsRecorder
 
     if not dynamics:
-        raise ValueError("method stage2 needs --dynamics DIR (a folder written by the demo or a DynamicsRecorder)")
+        raise ValueError("method stage2 needs --dynamics DIR (a folder written by keepset filter / demo or by "
+                         "GradMimic(record_to=DIR))")
     if ratio is not None:
         raise ValueError("the stage2 filter decides how many to keep itself; drop --ratio "
                          "(or use --method top --column mimic_mean --ratio R)")
     rec = DynamicsRecorder.open(dynamics)
-    if rec.n_samples != len(table["id"]):
-        raise ValueError(f"{dynamics} records {rec.n_samples} samples but the score table has {len(table['id'])} rows")
-    return stage2_filter(rec, binarize=binarize, vote=vote)
+    return stage2_filter(rec, binarize=binarize, vote=vote, unseen=unseen, ids=table["id"])

@@ -1,195 +1,444 @@
-"""Grad-Mimic as training hooks: online re-weighting by ``softmax(mimic / tau)`` and the recording
-of every sample's Mimic Score at every step (the input of the Stage 2 offline filter).
+"""``GradMimic``: Grad-Mimic Stage 1 for any PyTorch training loop.
 
-The fused step (default): when every scored parameter belongs to an ``nn.Linear`` / ``nn.Conv2d``
-layer, the hook captures each scored layer's input ``a`` during the training forward, runs the
-step's only backward pass on ``sum_i L_i`` (which gives the per-sample output gradients ``delta_i``
-of those layers and the gradients of every other parameter), and then, per scored layer and without
-any further pass through the network:
+    gm = keepset.GradMimic(reference, temperature=1.0, record_to="runs/gm")
+    for x, y, ids in loader:
+        loss = gm.loss(model, x, y, ids)          # forward + Mimic Scores + weights, recorded by id
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+    gm.close()
 
-- ``<-g_i, V>`` and ``||g_i||`` for every sample from (a, delta) (``keepset.models.layer_identities``);
-- the weights ``w = softmax(score / tau)``;
-- the re-weighted gradient ``sum_i w_i g_i = sum_i w_i delta_i a_i^T`` (one weight-gradient product).
+Every batch, each sample's Mimic Score ``<-g_i, V> / ||V||`` (``proj``) or its cosine (``cos``) with
+``V = theta_ref - theta`` over the scored parameters gives the weights ``w = softmax(score / tau)``; the
+scored parameters receive ``sum_i w_i g_i`` and every other parameter the mean gradient (``apply_to="all"``:
+every parameter is re-weighted). ``reweight=False`` scores and records without changing training.
 
-The other parameters keep the mean gradient. The gradients go to the loop through
-``BatchState.param_grads``, so a Grad-Mimic step costs one forward, one backward and, per scored
-layer, about one layer forward for the scores and one weight-gradient product.
-Any other layer type falls back to ``keepset.models.sample_gradients.alignment_terms`` (jvp + vmap)
-and the loop's weighted backward.
+The fused step (default, whenever every scored parameter belongs to an ``nn.Linear`` / ``nn.Conv2d`` layer
+called once per forward and the loss does not couple the samples): ``loss`` returns the ordinary mean loss,
+with two kinds of graph nodes inserted by forward hooks. A node on each scored layer's output keeps that
+layer's output gradient ``delta`` when the caller's ``backward`` reaches it; one node feeding all of them runs
+after the last one, reads every sample's ``<-g_i, V>`` and ``||g_i||`` off the layers' inputs and deltas
+(``keepset.models.layer_identities``), computes and records the scores and weights, and adds to the scored
+parameters' gradients ``sum_i (w_i - 1/B) g_i`` (one weight-gradient product per layer). So a step costs one
+forward, the caller's one backward, and per scored layer about one layer forward and one weight-gradient
+product. The correction flows through autograd into each parameter's gradient accumulator, so
+``torch.amp.GradScaler`` (the loss multiplier is read off the loss's own gradient), gradient accumulation
+(each backward adds its batch's re-weighted gradient) and DDP's gradient all-reduce (which hooks the
+accumulators) all see the re-weighted gradient.
+
+Any other case (other layer types, a layer called twice, batch-coupling modules, ``apply_to="all"`` over
+unscored parameters, a coupled loss) scores the batch before returning the loss (closed form for the final
+Linear, else ``keepset.models.sample_gradients.alignment_terms``) and returns a loss whose gradient is
+the same re-weighted one.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from keepset.models.layer_identities import ActivationCapture, LayerGrads, batch_coupling_modules, covered_modules
+from keepset.models.layer_identities import LayerGrads, batch_coupling_modules, covered_modules
 from keepset.models.mimic import (
-    _closed_form_applies, direction, direction_norm, linear_closed_form_terms, per_sample_cross_entropy,
-    resolve_layers, scores_from_terms,
+    _closed_form_applies, check_same_space, direction_norm, last_linear_name, linear_closed_form_terms,
+    loss_couples_batch, resolve_layers, scores_from_terms,
 )
 from keepset.models.sample_gradients import layer_terms
-from keepset.training.loop import BatchState
-from keepset.training.recorder import DynamicsRecorder
+from keepset.recorder import DynamicsRecorder
+from keepset.training.online import OnlineMethod, call_model, check_batch, model_outputs, per_sample_losses
+
+#: fields of every record GradMimic writes: the raw score, its softmax over the batch, the weight applied
+RECORD_FIELDS = ("mimic", "mimic_normed", "weight")
+APPLY_TO = ("layers", "all")
 
 
-class GradMimicHook:
-    """Compute the Mimic Score of every batch and (optionally) re-weight the batch with it.
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel / DataParallel wrapper (the model itself otherwise)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    return model.module if isinstance(model, (DistributedDataParallel, DataParallel)) else model
+
+
+class _Pending:
+    """One batch's state between its forward and the end of its backward."""
+
+    __slots__ = ("ids", "y", "step", "epoch", "calls", "twice", "deltas", "multiplier", "disabled", "b", "anchor",
+                 "leaves")
+
+    def __init__(self, ids, y, step: int, epoch: int):
+        self.ids, self.y, self.step, self.epoch = ids, y, step, epoch
+        self.calls: dict[str, tuple] = {}
+        self.twice: set[str] = set()
+        self.deltas: dict[str, torch.Tensor] = {}
+        self.multiplier: float | None = None  # d(total backward) / d(mean of the per-sample losses)
+        self.disabled = False
+        self.b = len(ids)
+        self.anchor: torch.Tensor | None = None
+        self.leaves: list[str] = []
+
+
+class _Capture(torch.autograd.Function):
+    """Identity on a scored layer's output; its backward keeps the output gradient for ``_Finish``.
+
+    It returns a copy, not a view: a later in-place operation (``nn.ReLU(inplace=True)``) may then modify
+    it, and the gradient this node sees is still the one at the layer's own output."""
+
+    @staticmethod
+    def forward(ctx, z, anchor, pending, name):
+        ctx.pending, ctx.name = pending, name
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.pending.deltas[ctx.name] = grad.detach()
+        return grad, None, None, None
+
+
+class _Finish(torch.autograd.Function):
+    """Zero in the forward; its backward runs after every ``_Capture`` of the batch (each takes its output
+    as an input) and returns the re-weighting corrections of the scored parameters."""
+
+    @staticmethod
+    def forward(ctx, gm, pending, *params):
+        ctx.gm, ctx.pending, ctx.n = gm, pending, len(params)
+        return params[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        corrections = ctx.gm._finish_fused(ctx.pending)
+        return (None, None, *corrections)
+
+
+class _AddGrads(torch.autograd.Function):
+    """Zero in the forward; adds ``scale * grads[k]`` to ``params[k]``'s gradient, ``scale`` being the
+    gradient that reaches it (the caller's loss multiplier)."""
+
+    @staticmethod
+    def forward(ctx, grads, *params):
+        ctx.grads = grads
+        return params[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, scale):
+        return (None, *[None if g is None else (g * scale).to(g.dtype) for g in ctx.grads])
+
+
+class GradMimic(OnlineMethod):
+    """Grad-Mimic Stage 1 (online re-weighting by the Mimic Score) and the recording of every sample's
+    score at every step, for any training loop.
 
     Parameters
     ----------
-    reference : nn.Module sharing the model's weight space.
-    layers : scored parameters (see ``keepset.models.mimic.resolve_layers``); default the final Linear's weight.
-    method : base score, "proj" or "cos"; the weights are ``softmax(score / temperature)``.
+    reference : nn.Module sharing the model's weight space (same parameter names and shapes for the scored
+        layers: linear probing of a shared frozen backbone, or fine-tuning from the same initialisation).
+    layers : scored parameters (``keepset.models.mimic.resolve_layers``): None = the final Linear's weight,
+        "all", a parameter name, a module prefix or a list.
+    method : "proj" or "cos"; the weights are ``softmax(score / temperature)`` over each batch.
     temperature : softmax temperature tau (> 0).
-    reweight : apply the weights (False: score and record only, i.e. plain SGD with recording).
-    start_epoch : first epoch at which weights apply (recording happens from the start).
-    apply_to : "layers" (weights apply to the scored layers, others keep the mean gradient) or "all".
-    recorder : a ``DynamicsRecorder`` with fields "mimic" and "mimic_normed", or None.
-    fused : use the fused step (module docstring) whenever the scored layers allow it.
+    reweight : apply the weights (False: score and record only; training is plain mean-loss training).
+    start_epoch : first epoch at which the weights apply (scores are recorded from the start).
+    apply_to : "layers" (the weights apply to the scored parameters, the others keep the mean gradient) or "all".
+    record_to : a folder (a new ``DynamicsRecorder`` there, fields ``RECORD_FIELDS``), a ``DynamicsRecorder``,
+        or None (nothing recorded; ``last_scores`` / ``last_weights`` still hold the last batch's).
+    resume : with ``record_to`` a folder that already holds a log: append to it, the step count continuing.
+    loss_fn : per-sample loss ``(outputs, y) -> [B]``; cross-entropy by default.
+    fused : use the fused step (module docstring) whenever it applies.
 
-    The fused step consumes the batch's autograd graph: a hook after it cannot backpropagate through
-    ``state.losses``. To record Mimic Scores while another hook (RHO-loss, GraNd) weights the batch, put that
-    hook first and use ``reweight=False``: the scores are then computed without touching its weights.
+    Verbs: ``loss(model, x, y, ids, epoch=None)`` in a training loop; ``begin`` / ``end`` for frameworks
+    that run the forward and the backward themselves (Lightning); ``close()`` when done (flushes the log
+    and removes the forward hooks).
     """
 
     def __init__(self, reference: nn.Module, *, layers: str | Sequence[str] | None = None, method: str = "proj",
                  temperature: float = 1.0, reweight: bool = True, start_epoch: int = 0, apply_to: str = "layers",
-                 recorder: DynamicsRecorder | None = None, loss_fn=None, fused: bool = True):
+                 record_to: str | Path | DynamicsRecorder | None = None, resume: bool = False,
+                 loss_fn: Callable | None = None, fused: bool = True):
+        super().__init__(loss_fn)
+        if not isinstance(reference, nn.Module):
+            raise ValueError(f"reference must be an nn.Module (the reference model), got {type(reference).__name__}")
         if method not in ("proj", "cos"):
             raise ValueError(f"method must be 'proj' or 'cos' (the weights are its softmax), got {method!r}")
-        if apply_to not in ("layers", "all"):
+        if apply_to not in APPLY_TO:
             raise ValueError(f"apply_to must be 'layers' or 'all', got {apply_to!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        try:
+            temperature = float(temperature)
+        except (TypeError, ValueError):
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}") from None
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         self.reference, self.layers, self.method = reference, layers, method
-        self.temperature, self.reweight, self.start_epoch = float(temperature), reweight, int(start_epoch)
-        self.apply_to, self.recorder, self.loss_fn = apply_to, recorder, loss_fn
-        self.fused = bool(fused)
+        self.temperature, self.reweight, self.start_epoch = temperature, bool(reweight), int(start_epoch)
+        self.apply_to, self.fused = apply_to, bool(fused)
+        self.recorder = self._make_recorder(record_to, resume)
+        if self.recorder is not None:
+            self.step = self.recorder.next_step
         self.names: list[str] = []
-        self._closed_form: str | None = None
-        self._plan: tuple[dict, ActivationCapture, dict] | None = None
+        self.last_scores: torch.Tensor | None = None
+        self.last_weights: torch.Tensor | None = None
+        self._model: nn.Module | None = None
+        self._ref: dict[str, torch.Tensor] = {}
+        self._covered: dict[str, dict[str, bool]] | None = None
+        self._modules: dict[str, nn.Module] = {}
+        self._handles: list = []
+        self._armed: _Pending | None = None
         self._trainable: list[str] = []
 
-    def on_train_start(self, model: nn.Module, n_samples: int, steps_per_epoch: int, epochs: int) -> None:
-        self.names = resolve_layers(model, self.layers)
-        self.reference.to(next(model.parameters()).device)
-        direction(model, self.reference, self.names)  # fail early on a mismatched reference
-        self._closed_form = _closed_form_applies(model, self.names, self.loss_fn)
-        self._trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        self._release()
-        self._plan = self._fused_plan(model) if self.fused else None
+    @staticmethod
+    def _make_recorder(record_to, resume: bool):
+        if record_to is None or isinstance(record_to, DynamicsRecorder):
+            if isinstance(record_to, DynamicsRecorder) and set(RECORD_FIELDS) - set(record_to.fields):
+                raise ValueError(f"the recorder must have the fields {RECORD_FIELDS}; it has {record_to.fields}")
+            return record_to
+        return DynamicsRecorder(record_to, RECORD_FIELDS, resume=resume)
 
+    # ------------------------------------------------------------------ set-up
     @property
     def uses_fused_step(self) -> bool:
-        """Whether the fused step is set up (after ``on_train_start``)."""
-        return self._plan is not None
+        """Whether the fused step is set up for the current model (after the first batch)."""
+        return self._covered is not None
+
+    def _setup(self, model: nn.Module) -> nn.Module:
+        inner = unwrap(model)
+        if inner is self._model:
+            return inner
+        self._remove_hooks()
+        names = resolve_layers(inner, self.layers)
+        check_same_space(inner, self.reference, names)
+        params = dict(inner.named_parameters())
+        ref = dict(self.reference.named_parameters())
+        self._ref = {n: ref[n].detach().to(device=params[n].device, dtype=params[n].dtype) for n in names}
+        self.names = names
+        self._trainable = [n for n, p in params.items() if p.requires_grad]
+        self._model = inner
+        self._covered = self._fused_plan(inner) if self.fused else None
+        if self._covered is not None:
+            mods = dict(inner.named_modules())
+            self._modules = {m: mods[m] for m in self._covered}
+            self._handles = [mods[m].register_forward_hook(self._hook(m)) for m in self._covered]
+        return inner
 
     def _fused_plan(self, model: nn.Module):
-        if batch_coupling_modules(model):
+        if batch_coupling_modules(model) or loss_couples_batch(self.loss_fn):
             return None
         covered, rest = covered_modules(model, self.names)
         if rest or not covered:
             return None
         if self.apply_to == "all" and not set(self._trainable) <= set(self.names):
             return None
-        modules = dict(model.named_modules())
-        watched = {n: modules[n] for n in covered}
-        return covered, ActivationCapture(watched), watched
+        return covered
 
-    def _release(self) -> None:
-        if self._plan is not None:
-            self._plan[1].remove()
-        self._plan = None
+    def _remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
-    def on_step_end(self, state: BatchState) -> None:
-        if self._plan is not None:
-            self._plan[1].reset()
+    def close(self) -> None:
+        """Flush the recorded dynamics and take the forward hooks off the model."""
+        self._remove_hooks()
+        self._model = None
+        if self.recorder is not None:
+            self.recorder.flush()
 
-    def on_train_end(self, model: nn.Module) -> None:
-        self._release()
-
-    def __del__(self):  # a run that raised never reached on_train_end: take the forward hooks off the model
+    def __del__(self):
         try:
-            self._release()
+            self._remove_hooks()
         except Exception:
             pass
 
-    def batch_scores(self, state: BatchState) -> torch.Tensor:
-        """Raw Mimic Scores [B] of the batch at the current weights."""
-        v = direction(state.model, self.reference, self.names)
+    def _hook(self, name: str):
+        def hook(module, inputs, output):
+            pending = self._armed
+            if (pending is None or pending.disabled or not torch.is_grad_enabled() or not torch.is_tensor(output)
+                    or torch._C._functorch.peek_interpreter_stack() is not None):
+                return None
+            if name in pending.calls:  # called twice in one forward: the identities do not apply
+                pending.twice.add(name)
+                return None
+            a = inputs[0].detach()
+            pending.calls[name] = (a, a._version, output.shape)
+            if not output.requires_grad:
+                return None
+            return _Capture.apply(output, pending.anchor, pending, name)
+        return hook
+
+    # ------------------------------------------------------------------ the verbs
+    def direction(self) -> dict[str, torch.Tensor]:
+        """``V = theta_ref - theta`` over the scored parameters at the model's current weights."""
+        params = dict(self._model.named_parameters())
+        return {n: self._ref[n] - params[n].detach() for n in self.names}
+
+    def begin(self, model: nn.Module, ids, y=None, *, epoch: int | None = None) -> None:
+        """Arm the fused step for the next forward of ``model`` (framework integrations; ``loss`` does this
+        itself). The batch's ``ids`` [B] and labels ``y`` [B] are those of that forward."""
+        inner = self._setup(model)
+        if self._covered is None:
+            raise ValueError("the fused Grad-Mimic step does not apply to this model or layer choice (scored "
+                             "layers must be nn.Linear / nn.Conv2d called once per forward, no BatchNorm in training "
+                             "mode); call gm.loss(model, x, y, ids) inside the training step instead")
+        if epoch is not None:
+            self.epoch = int(epoch)
+        if ids is None:
+            raise ValueError("pass the batch's sample ids: keepset records and joins every sample by id")
+        ids, y = check_batch(len(ids), y, ids)
+        self._arm(inner, ids, y)
+
+    def _arm(self, inner: nn.Module, ids, y) -> _Pending:
+        pending = _Pending(ids, y, self.step, self.epoch)
+        params = dict(inner.named_parameters())
+        pending.leaves = self._correction_leaves(params)
+        pending.anchor = _Finish.apply(self, pending, *[params[n] for n in pending.leaves])
+        self._armed = pending
+        return pending
+
+    def end(self, loss: torch.Tensor, *, per_sample: float) -> None:
+        """Close the armed batch: ``loss`` is the tensor that will be backpropagated and ``per_sample`` the
+        derivative of ``loss`` with respect to each sample's loss (``1 / B`` for a batch mean, ``1 / (B k)``
+        when a framework divides the mean by k accumulation steps)."""
+        pending = self._armed
+        self._armed = None
+        if pending is None:
+            raise ValueError("end() without begin(): arm the batch first")
+        self._check_calls(pending)
+        if pending.disabled:
+            raise ValueError(f"the scored layers were not each called once in the forward ({self._call_problem(pending)}); "
+                             "the fused step cannot score this model: use gm.loss(model, x, y, ids) instead")
+        factor = float(per_sample) * pending.b
+        loss.register_hook(lambda g: _set_multiplier(pending, g, factor))
+        self.step += 1
+
+    def loss(self, model: nn.Module, x, y=None, ids=None, *, epoch: int | None = None) -> torch.Tensor:
+        """The loss to backpropagate for one batch; scores (and records) every sample by id.
+
+        x : [B, ...] inputs (a tuple: ``model(*x)``, a dict: ``model(**x)``); y : [B] labels (or the loss's
+        targets); ids : [B] sample ids (int or str); epoch : the current epoch (default ``self.epoch``).
+        """
+        if not torch.is_grad_enabled():
+            raise ValueError("GradMimic.loss runs in a training step: call it with gradients enabled "
+                             "(not under torch.no_grad())")
+        inner = self._setup(model)
+        if epoch is not None:
+            self.epoch = int(epoch)
+        ids, y = check_batch(x, y, ids)
+        pending = self._arm(inner, ids, y) if self._covered is not None else None
+        head_capture: dict = {}
+        handle = None
+        if pending is None and _closed_form_applies(inner, self.names, self.loss_fn):
+            head = dict(inner.named_modules())[last_linear_name(inner)]
+            handle = head.register_forward_hook(lambda m, i, o: head_capture.update(h=i[0], out=o))
+        try:
+            outputs = model_outputs(call_model(model, x))
+        finally:
+            self._armed = None
+            if handle is not None:
+                handle.remove()
+        losses = per_sample_losses(self.loss_fn, outputs, y, len(ids))
+        self._remember(ids, y, outputs, losses, x)
+        if pending is not None:
+            self._check_calls(pending)
+            if not pending.disabled:
+                mean = losses.mean()
+                mean.register_hook(lambda g: _set_multiplier(pending, g, 1.0))
+                return mean
+        return self._unfused_loss(inner, x, y, ids, outputs, losses, head_capture)
+
+    # ------------------------------------------------------------------ internals
+    def _check_calls(self, pending: _Pending) -> None:
+        """Disable the fused step for this batch unless every scored layer ran exactly once, unmodified."""
+        ok = set(pending.calls) == set(self._covered) and not pending.twice
+        ok = ok and all(a._version == v and a.shape[0] == pending.b and shape[0] == pending.b
+                        for a, v, shape in pending.calls.values())
+        if not ok:
+            pending.disabled = True
+
+    def _call_problem(self, pending: _Pending) -> str:
+        missing = sorted(set(self._covered) - set(pending.calls))
+        return (f"not called: {missing}" if missing else "") + (f" called twice: {sorted(pending.twice)}"
+                                                                 if pending.twice else "")
+
+    def _correction_leaves(self, params: dict) -> list[str]:
+        """Parameters that may receive a correction (scored, trainable, of a watched layer)."""
+        return [n for n in self.names if params[n].requires_grad]
+
+    def _active(self) -> bool:
+        return self.reweight and self.epoch >= self.start_epoch
+
+    def _weights(self, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        normed = torch.softmax(score / self.temperature, dim=0)
+        w = normed if self._active() else torch.full_like(normed, 1.0 / len(normed))
+        return normed, w
+
+    def _record(self, ids, step: int, epoch: int, score, normed, w) -> None:
+        self.last_scores, self.last_weights = score.detach(), w.detach()
+        if self.recorder is not None:
+            self.recorder.record(ids, step, epoch, mimic=score, mimic_normed=normed, weight=w)
+
+    def _finish_fused(self, pending: _Pending) -> list:
+        """Called inside the backward once every scored layer's output gradient is known."""
+        none = [None] * len(pending.leaves)
+        if pending.disabled or pending.multiplier is None or pending.multiplier == 0:
+            return none
+        scale = pending.multiplier / pending.b  # delta_seen = scale * delta_i
+        layers = {}
+        for m, (a, _, _) in pending.calls.items():
+            d = pending.deltas.get(m)
+            if d is None:
+                d = torch.zeros(pending.calls[m][2], dtype=a.dtype, device=a.device)
+            layers[m] = LayerGrads(self._modules[m], a.float(), d.float() / scale)
+        if not all(torch.isfinite(lg.delta).all() for lg in layers.values()):
+            return none  # an overflowing scaled step (GradScaler skips it): nothing to score
+        v = self.direction()
+        dots, sq = layer_terms(layers, self._covered, v, self.method == "cos")
+        score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if self.method == "cos" else None,
+                                  direction_norm(v), self.method)
+        normed, w = self._weights(score)
+        self._record(pending.ids, pending.step, pending.epoch, score, normed, w)
+        if not self._active():
+            return none
+        u = (w - 1.0 / pending.b) * pending.multiplier  # sum_i u_i g_i = multiplier * sum_i (w_i - 1/B) g_i
+        params = dict(self._model.named_parameters())
+        out = {}
+        for m, parts in self._covered.items():
+            want_w = parts["weight"] and f"{m}.weight" in pending.leaves
+            want_b = parts["bias"] and f"{m}.bias" in pending.leaves
+            gw, gb = layers[m].weighted(u, want_w, want_b)
+            if want_w:
+                out[f"{m}.weight"] = gw.to(params[f"{m}.weight"].dtype)
+            if want_b and gb is not None:
+                out[f"{m}.bias"] = gb.to(params[f"{m}.bias"].dtype)
+        return [out.get(n) for n in pending.leaves]
+
+    def _unfused_loss(self, inner, x, y, ids, outputs, losses, head_capture) -> torch.Tensor:
+        """Scores before the backward; a loss whose gradient is the re-weighted one."""
+        b = len(ids)
+        v = self.direction()
         v_norm = direction_norm(v)
         need_norms = self.method == "cos"
-        if self._closed_form is not None and state.head_inputs is not None:
-            last = self._closed_form
-            dots, norms = linear_closed_form_terms(state.head_inputs, state.logits, state.y,
-                                                   v.get(f"{last}.weight"), v.get(f"{last}.bias"), need_norms)
+        if head_capture.get("out") is outputs and "h" in head_capture:
+            last = last_linear_name(inner)
+            dots, norms = linear_closed_form_terms(head_capture["h"], outputs, y, v.get(f"{last}.weight"),
+                                                   v.get(f"{last}.bias"), need_norms)
         else:
             from keepset.models.sample_gradients import alignment_terms
 
-            dots, norms = alignment_terms(state.model, state.x, state.y, v,
-                                          self.loss_fn or per_sample_cross_entropy, need_norms)
-        return scores_from_terms(dots, norms, v_norm, self.method)
+            if not isinstance(x, torch.Tensor):
+                raise ValueError("scoring these layers needs per-sample gradients through the model, which keepset "
+                                 "computes for tensor inputs only; score nn.Linear / nn.Conv2d layers instead")
+            dots, norms = alignment_terms(inner, x, y, v, self.loss_fn, need_norms)
+        score = scores_from_terms(dots, norms, v_norm, self.method)
+        normed, w = self._weights(score)
+        self._record(ids, self.step - 1, self.epoch, score, normed, w)
+        if not self._active():
+            return losses.mean()
+        w = w.detach().to(losses)
+        if self.apply_to == "all":
+            return (w * losses).sum()
+        params = dict(inner.named_parameters())
+        leaves = self._correction_leaves(params)
+        corr = torch.autograd.grad(((w - 1.0 / b) * losses).sum(), [params[n] for n in leaves], retain_graph=True,
+                                   allow_unused=True)
+        return losses.mean() + _AddGrads.apply(list(corr), *[params[n] for n in leaves])
 
-    def on_batch(self, state: BatchState) -> None:
-        # the fused step computes the step's gradients itself, with its own weights (uniform when not
-        # re-weighting); when an earlier hook already weighted the batch it only scores, unfused
-        earlier = state.sample_weights is not None or state.param_grads is not None
-        if self._plan is not None and not earlier and self._fused_batch(state):
-            return
-        score = self.batch_scores(state)
-        normed = torch.softmax(score / self.temperature, dim=0)
-        if self.recorder is not None:
-            self.recorder.record(state.epoch, state.step, state.indices, mimic=score, mimic_normed=normed)
-        if self.reweight and state.epoch >= self.start_epoch:
-            state.sample_weights = normed
-            state.weighted_params = None if self.apply_to == "all" else self.names
 
-    def _fused_batch(self, state: BatchState) -> bool:
-        """Scores, weights and every trainable parameter's gradient from the step's single backward.
-
-        Returns False (nothing done) when this forward did not call each scored layer exactly once.
-        """
-        covered, capture, modules = self._plan
-        b = len(state.y)
-        calls = capture.single_calls(b)
-        capture.reset()
-        if set(calls) != set(covered) or not state.losses.requires_grad:
-            return False
-        params = dict(state.model.named_parameters())
-        trainable = set(self._trainable)
-        own = [f"{m}.{leaf}" for m in covered for leaf in ("weight", "bias")
-               if getattr(modules[m], leaf, None) is not None and f"{m}.{leaf}" in trainable]
-        others = [n for n in self._trainable if n not in own]
-        zs = [calls[m][1] for m in covered]
-        grads = torch.autograd.grad(state.losses.sum(), zs + [params[n] for n in others], allow_unused=True)
-        need_norms = self.method == "cos"
-        layers = {m: LayerGrads(modules[m], calls[m][0], d if d is not None else torch.zeros_like(z))
-                  for m, z, d in zip(covered, zs, grads[:len(zs)])}
-        v = direction(state.model, self.reference, self.names)
-        v_norm = direction_norm(v)
-        dots, sq = layer_terms(layers, covered, v, need_norms)
-        score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if need_norms else None, v_norm, self.method)
-        normed = torch.softmax(score / self.temperature, dim=0)
-        if self.recorder is not None:
-            self.recorder.record(state.epoch, state.step, state.indices, mimic=score, mimic_normed=normed)
-        reweight = self.reweight and state.epoch >= self.start_epoch
-        uniform = torch.full_like(normed, 1.0 / b)
-        w = normed if reweight else uniform
-        out = {n: (g / b if g is not None else torch.zeros_like(params[n]))
-               for n, g in zip(others, grads[len(zs):])}
-        for m, lg in layers.items():  # scored leaves get sum_i w_i g_i, unscored ones the mean gradient
-            want = {leaf: (w if covered[m][leaf] else uniform) for leaf in ("weight", "bias") if f"{m}.{leaf}" in own}
-            if len(want) == 2 and want["weight"] is want["bias"]:
-                out[f"{m}.weight"], out[f"{m}.bias"] = lg.weighted(want["weight"], True, True)
-                continue
-            for leaf, ww in want.items():
-                gw, gb = lg.weighted(ww, leaf == "weight", leaf == "bias")
-                out[f"{m}.{leaf}"] = gw if leaf == "weight" else gb
-        if reweight:
-            state.sample_weights = normed
-            state.weighted_params = None if self.apply_to == "all" else self.names
-        state.param_grads = out
-        return True
+def _set_multiplier(pending: _Pending, grad: torch.Tensor, factor: float) -> None:
+    pending.multiplier = float(grad) * factor

@@ -1,11 +1,11 @@
-"""Online batch-selection baselines beside Grad-Mimic, as hooks that set ``state.sample_weights``.
+"""Online batch-selection baselines beside Grad-Mimic, as online methods (``method.loss(model, x, y, ids)``).
 
-- ``RhoLossHook`` (Mindermann et al. 2022, RHO-loss): in every batch keep the ``ratio`` of samples
-  with the largest reducible loss ``loss_i - irreducible_loss_i``; the kept samples get uniform
-  weights ``1/k``, the others 0. The irreducible loss comes from a model trained on the trusted
+- ``RhoLoss`` (Mindermann et al. 2022, RHO-loss): in every batch keep the ``ratio`` of samples with the
+  largest reducible loss ``loss_i - irreducible_loss_i``; the kept samples get uniform weights ``1/k``, the
+  others 0. The irreducible loss of each sample (looked up by id) comes from a model trained on the trusted
   split (``irreducible_losses``).
-- ``GrandWeightHook``: weights proportional to each sample's gradient norm (GraNd), last layer in
-  closed form ``||p_i - e_{y_i}|| sqrt(||h_i||^2 + 1)``, optionally sharpened by ``power``.
+- ``GrandWeight``: weights proportional to each sample's gradient norm (GraNd), last layer in closed form
+  ``||p_i - e_{y_i}|| sqrt(||h_i||^2 + 1)``, optionally sharpened by ``power``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import torch
 from torch import nn
 
 from keepset._checks import check_ratio
-from keepset.training.loop import BatchState, predict_logits
+from keepset._ids import check_ids
+from keepset.models.mimic import last_linear_name
+from keepset.training.loop import predict_logits
+from keepset.training.online import WeightedLoss
 
 
 def irreducible_losses(model: nn.Module, x, y, batch_size: int = 1024) -> np.ndarray:
@@ -27,66 +30,72 @@ def irreducible_losses(model: nn.Module, x, y, batch_size: int = 1024) -> np.nda
     return torch.nn.functional.cross_entropy(logits, y, reduction="none").numpy().astype(np.float32)
 
 
-class RhoLossHook:
+class RhoLoss(WeightedLoss):
     """RHO-loss batch selection: uniform weights over the top-``ratio`` reducible losses of each batch.
 
     Parameters
     ----------
     irreducible : float [N] irreducible loss of every training sample (``irreducible_losses``).
+    ids : [N] the ids of those samples (default 0..N-1); batches are looked up by id.
     ratio : fraction of each batch to train on, in (0, 1].
     start_epoch : epochs before this one train on the full batch.
     """
 
-    def __init__(self, irreducible, ratio: float = 0.1, start_epoch: int = 0):
+    def __init__(self, irreducible, ids=None, *, ratio: float = 0.1, start_epoch: int = 0, loss_fn=None):
+        super().__init__(loss_fn)
         arr = np.asarray(irreducible, dtype=np.float32)
         if arr.ndim != 1 or not np.isfinite(arr).all():
             raise ValueError("irreducible losses must be a finite 1-D array, one per training sample")
-        self.irreducible = torch.from_numpy(arr)
+        ids = check_ids(np.arange(len(arr)) if ids is None else ids, "ids")
+        if len(ids) != len(arr):
+            raise ValueError(f"{len(arr)} irreducible losses but {len(ids)} ids")
+        order = np.argsort(ids, kind="stable")
+        self._ids, self._irreducible = ids[order], torch.from_numpy(arr[order])
         self.ratio, self.start_epoch = check_ratio(ratio), int(start_epoch)
 
-    def on_train_start(self, model, n_samples: int, steps_per_epoch: int, epochs: int) -> None:
-        if len(self.irreducible) != n_samples:
-            raise ValueError(f"{len(self.irreducible)} irreducible losses for {n_samples} training samples")
-
-    def batch_weights(self, state: BatchState) -> torch.Tensor:
+    def batch_weights(self, model, x, y, ids, logits, losses) -> torch.Tensor:
         """[B] weights: 1/k on the k = max(1, round(ratio B)) largest reducible losses, 0 elsewhere."""
-        irr = self.irreducible.to(state.losses.device)[state.indices]
-        reducible = state.losses.detach().float() - irr
+        from keepset.recorder import index_of
+
+        pos = index_of(self._ids, ids)
+        if (pos < 0).any():
+            raise ValueError(f"{int((pos < 0).sum())} batch ids have no irreducible loss (e.g. {ids[pos < 0][:3].tolist()})")
+        irr = self._irreducible[torch.from_numpy(pos)].to(losses.device)
+        reducible = losses.detach().float() - irr
         b = len(reducible)
         k = min(b, max(1, int(round(self.ratio * b))))
         w = torch.zeros(b, dtype=torch.float32, device=reducible.device)
         w[torch.topk(reducible, k).indices] = 1.0 / k
         return w
 
-    def on_batch(self, state: BatchState) -> None:
-        if state.epoch >= self.start_epoch:
-            state.sample_weights = self.batch_weights(state)
-            state.weighted_params = None
 
+class GrandWeight(WeightedLoss):
+    """Weight each batch by per-sample gradient norms: ``w_i = n_i^power / sum_j n_j^power``, with ``n_i`` the
+    final Linear's (weight and bias) gradient norm under cross-entropy, in closed form."""
 
-class GrandWeightHook:
-    """Weight each batch by per-sample gradient norms: ``w_i = n_i^power / sum_j n_j^power``.
-
-    Needs the final Linear's inputs (``state.head_inputs``), which the training loop provides.
-    """
-
-    def __init__(self, power: float = 1.0, start_epoch: int = 0):
+    def __init__(self, power: float = 1.0, start_epoch: int = 0, loss_fn=None):
+        super().__init__(loss_fn)
         if not np.isfinite(power) or power < 0:
             raise ValueError(f"power must be a finite number >= 0, got {power}")
         self.power, self.start_epoch = float(power), int(start_epoch)
+        self._head_inputs = None
 
-    def batch_weights(self, state: BatchState) -> torch.Tensor:
-        if state.head_inputs is None:
+    def loss(self, model, x, y=None, ids=None, *, epoch=None):
+        head = dict(model.named_modules())[last_linear_name(model)]
+        handle = head.register_forward_hook(lambda m, i, o: setattr(self, "_head_inputs", i[0].detach()))
+        try:
+            return super().loss(model, x, y, ids, epoch=epoch)
+        finally:
+            handle.remove()
+            self._head_inputs = None
+
+    def batch_weights(self, model, x, y, ids, logits, losses) -> torch.Tensor:
+        if self._head_inputs is None:
             raise ValueError("GraNd weighting needs the inputs of the model's final nn.Linear")
-        p = torch.softmax(state.logits.detach().float(), dim=1)
-        p[torch.arange(len(state.y)), state.y] -= 1.0
-        h = state.head_inputs.detach().float().reshape(len(state.y), -1)
+        p = torch.softmax(logits.detach().float(), dim=1)
+        p[torch.arange(len(y)), y] -= 1.0
+        h = self._head_inputs.float().reshape(len(y), -1)
         norms = p.norm(dim=1) * torch.sqrt((h * h).sum(1) + 1.0)
         w = norms.pow(self.power)
         total = w.sum()
         return w / total if total > 0 else torch.full_like(w, 1.0 / len(w))
-
-    def on_batch(self, state: BatchState) -> None:
-        if state.epoch >= self.start_epoch:
-            state.sample_weights = self.batch_weights(state)
-            state.weighted_params = None

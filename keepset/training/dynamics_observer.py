@@ -1,9 +1,9 @@
 """Record the raw training dynamics of every sample at every visit (no second training loop).
 
-``DynamicsHook`` reads each batch's logits (before the optimiser step, as Toneva et al. do for
-forgetting events) and stores, per sample and epoch, the fields of
-``keepset.scoring.dynamics.DYNAMICS_FIELDS`` in a ``DynamicsRecorder``. The scores themselves
-(forgetting, AUM, EL2N, GraNd, ...) are plain functions in ``keepset.scoring.dynamics``.
+``DynamicsObserver`` reads each batch's logits (from the forward of the step, before the optimiser step,
+as Toneva et al. do for forgetting events) and records, by sample id, the fields of ``DYNAMICS_FIELDS`` in
+a ``DynamicsRecorder``. The scores themselves (forgetting, AUM, EL2N, GraNd, ...) are plain functions in
+``keepset.scoring.dynamics`` over per-epoch arrays (``keepset.recorder.dense_by_epoch``).
 
 Gradient norms (GraNd):
 - ``grad_norms="last"`` (default): the final ``nn.Linear``'s weight and bias in closed form,
@@ -20,8 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from keepset.training.loop import BatchState
-from keepset.training.recorder import DynamicsRecorder
+from keepset.recorder import DynamicsRecorder
+from keepset.training.online import BatchOutput
 
 DYNAMICS_FIELDS = ("loss", "correct", "margin", "el2n", "grand", "entropy", "confidence", "prob_margin")
 GRAD_NORM_MODES = ("last", "all", None)
@@ -58,13 +58,14 @@ def batch_dynamics(logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor |
     return out
 
 
-class DynamicsHook:
-    """Training hook that records per-sample dynamics into a ``DynamicsRecorder``.
+class DynamicsObserver:
+    """Observer of ``fit`` (or any loop: call ``on_batch(method.last_batch, model, head_inputs)``) that records
+    per-sample dynamics by id into a ``DynamicsRecorder``.
 
     Parameters
     ----------
-    recorder : a DynamicsRecorder whose fields include the ones recorded; None creates an
-        in-memory one at ``on_train_start`` (available as ``hook.recorder``).
+    recorder : a DynamicsRecorder whose fields include the recorded ones; None creates an in-memory one
+        with exactly those fields (``observer.recorder``).
     fields : which fields to record (default all of ``DYNAMICS_FIELDS``).
     grad_norms : "last", "all" or None (see the module docstring).
     """
@@ -77,33 +78,32 @@ class DynamicsHook:
         if grad_norms not in GRAD_NORM_MODES:
             raise ValueError(f"grad_norms must be one of {GRAD_NORM_MODES}, got {grad_norms!r}")
         self.fields = tuple(f for f in fields if f != "grand" or grad_norms is not None)
+        if recorder is None:
+            recorder = DynamicsRecorder(None, self.fields)
+        if tuple(recorder.fields) != self.fields:
+            raise ValueError(f"the recorder stores fields {list(recorder.fields)}; this observer records "
+                             f"{list(self.fields)}: create it with fields={self.fields}")
         self.recorder, self.grad_norms, self.loss_fn = recorder, grad_norms, loss_fn
-        self._names: list[str] = []
 
-    def on_train_start(self, model: nn.Module, n_samples: int, steps_per_epoch: int, epochs: int) -> None:
-        if self.recorder is None:
-            self.recorder = DynamicsRecorder(n_samples, epochs, self.fields)
-        missing = set(self.fields) - set(self.recorder.fields)
-        if missing:
-            raise ValueError(f"the recorder lacks fields {sorted(missing)}; create it with fields={self.fields}")
-        if self.recorder.n_samples != n_samples or self.recorder.epochs < epochs:
-            raise ValueError(f"the recorder holds {self.recorder.n_samples} samples x {self.recorder.epochs} "
-                             f"epochs but training runs {n_samples} samples x {epochs} epochs")
-        self._names = [n for n, p in model.named_parameters() if p.requires_grad]
+    def on_batch(self, batch: BatchOutput, model: nn.Module, head_inputs: torch.Tensor | None = None) -> None:
+        head = head_inputs if self.grad_norms == "last" else None
+        vals = batch_dynamics(batch.logits, batch.y, batch.losses, head)
+        if "grand" in self.fields and (self.grad_norms == "all" or head is None):
+            vals["grand"] = self._all_layer_norms(batch, model)
+        self.recorder.record(batch.ids, batch.step, batch.epoch, **{f: vals[f] for f in self.fields})
 
-    def on_batch(self, state: BatchState) -> None:
-        head = state.head_inputs if self.grad_norms == "last" else None
-        vals = batch_dynamics(state.logits, state.y, state.losses, head)
-        if self.grad_norms == "all" or (self.grad_norms == "last" and head is None and "grand" in self.fields):
-            vals["grand"] = self._all_layer_norms(state)
-        self.recorder.record(state.epoch, state.step, state.indices, **{f: vals[f] for f in self.fields})
+    def on_train_end(self, model: nn.Module) -> None:
+        self.recorder.flush()
 
-    def _all_layer_norms(self, state: BatchState) -> torch.Tensor:
+    def _all_layer_norms(self, batch: BatchOutput, model: nn.Module) -> torch.Tensor:
         from keepset.models.mimic import per_sample_cross_entropy
         from keepset.models.sample_gradients import alignment_terms
 
-        params = dict(state.model.named_parameters())
-        zero = {n: torch.zeros_like(params[n]) for n in self._names}
-        _, norms = alignment_terms(state.model, state.x, state.y, zero,
-                                   self.loss_fn or per_sample_cross_entropy, need_norms=True)
+        if not torch.is_tensor(batch.x):
+            raise ValueError("whole-network gradient norms need tensor inputs")
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        params = dict(model.named_parameters())
+        zero = {n: torch.zeros_like(params[n]) for n in names}
+        _, norms = alignment_terms(model, batch.x, batch.y, zero, self.loss_fn or per_sample_cross_entropy,
+                                   need_norms=True)
         return norms
