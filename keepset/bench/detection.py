@@ -63,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true", help="discard results of another configuration")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="where the networks train: cpu (default), cuda, cuda:N or mps")
 
 
 def _config(args) -> dict:
@@ -151,13 +152,14 @@ def run(args) -> int:
         if seed not in refs:
             refs.clear()
             refs[seed] = train_reference(samples, split, args.model, epochs=args.ref_epochs,
-                                         batch_size=args.batch_size, lr=args.lr, seed=seed)
+                                         batch_size=args.batch_size, lr=args.lr, seed=seed,
+                                         device=args.device)
         ref = refs[seed]
         labels, corrupted = noisy_labels(samples, split, kind, rate, seed)
         t0 = time.perf_counter()
         prun = proxy_run(ref, labels, corrupted, samples.labels[split.test], samples.num_classes,
                          epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed,
-                         gradmimic=bool({"stage2", "mimic"} & set(args.methods)))
+                         gradmimic=bool({"stage2", "mimic"} & set(args.methods)), device=args.device)
         proxy_s = time.perf_counter() - t0
         methods = detect(prun, args.methods, early_epochs=args.early_epochs, folds=args.folds,
                          reference=ref, seed=seed)

@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SGD learning rate of the linear head (default 10 / mean ||h||^2 of the train features)")
     p.add_argument("--rho-ratio", type=float, default=0.3, help="RHO-loss: fraction of each batch trained on")
     p.add_argument("--temperature", type=float, default=1.0, help="Grad-Mimic softmax temperature")
+    p.add_argument("--device", default="cpu", help="where the networks train: cpu (default), cuda, cuda:N or mps")
 
 
 def run(args) -> int:
@@ -49,7 +50,7 @@ def run(args) -> int:
     for seed in range(args.seeds):
         split = make_split(samples.labels, seed)
         ref = train_reference(samples, split, args.model, epochs=args.ref_epochs, batch_size=args.batch_size,
-                              lr=args.lr, seed=seed)
+                              lr=args.lr, seed=seed, device=args.device)
         labels, _ = noisy_labels(samples, split, "symmetric", args.noise, seed)
         d = ref.train_features.shape[1]
         reference = LinearProbe(d, samples.num_classes)
@@ -64,7 +65,8 @@ def run(args) -> int:
             torch.manual_seed(seed + 1)
             head = LinearProbe(d, samples.num_classes)
             fit(head, ref.train_features, labels, method=method, epochs=args.epochs, batch_size=args.batch_size,
-                lr=head_lr, momentum=0.9, seed=seed, progress=False)
+                lr=head_lr, momentum=0.9, seed=seed, progress=False, device=args.device)
+            head.cpu()
             results[m].append(accuracy(head, ref.test_features, samples.labels[split.test]))
         print(f"seed {seed}: " + ", ".join(f"{m} {results[m][-1]:.3f}" for m in METHODS), file=sys.stderr)
     print(f"{args.data}, {args.noise:g} symmetric noise, {args.seeds} seeds, {args.epochs} epochs, linear head on "

@@ -49,13 +49,16 @@ REFERENCES = {"vmap_reference": "the published step", "vmap_vectorised": "vector
 
 
 class _StepTimer:
-    """Observer recording the wall time between consecutive step ends (the first from its creation)."""
+    """Observer recording the wall time between consecutive step ends (the first from its creation); on a GPU
+    it waits for the device's queued work before reading the clock."""
 
-    def __init__(self):
+    def __init__(self, device="cpu"):
+        self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
         self.times: list[float] = []
         self._last = time.perf_counter()
 
     def on_batch(self, batch, model, head_inputs):
+        self.sync()
         now = time.perf_counter()
         self.times.append(now - self._last)
         self._last = now
@@ -115,7 +118,7 @@ class VmapReference(OnlineMethod):
             task_vector = torch.cat([(target[n] - current[n]).flatten() for n in names])
             neg_grads = -torch.cat([grads[n].flatten(1) for n in names], 1)
             unit = torch.nn.functional.normalize(task_vector, p=2, dim=0)
-            scores = torch.empty(b)
+            scores = torch.empty(b, device=neg_grads.device)
             for i, g in enumerate(neg_grads):  # the published code's loop over samples
                 scores[i] = torch.dot(g.flatten(), unit)
             w = torch.softmax(scores / self.temperature, 0)
@@ -145,7 +148,7 @@ def _method(variant: str, reference: torch.nn.Module) -> OnlineMethod | None:
 
 
 def measure(batch_size: int = 256, repeats: int = 5, steps: int = 4, image_size: int = 28, seed: int = 0,
-            variants=VARIANTS, progress: bool = True) -> dict[str, list[list[float]]]:
+            variants=VARIANTS, progress: bool = True, device="cpu") -> dict[str, list[list[float]]]:
     """Per-step times (seconds) of every variant: {variant: [[times of the timed steps] for each repeat]}.
 
     Each repeat runs every variant once (rotating the order), each run ``steps`` steps of which the
@@ -157,8 +160,8 @@ def measure(batch_size: int = 256, repeats: int = 5, steps: int = 4, image_size:
     if batch_size < 1 or repeats < 1 or steps < 2:
         raise ValueError(f"need batch_size >= 1, repeats >= 1 and steps >= 2; got {batch_size}, {repeats}, {steps}")
     torch.manual_seed(seed)
-    model0 = SmallCNN(1, image_size, 10)
-    reference = SmallCNN(1, image_size, 10)
+    model0 = SmallCNN(1, image_size, 10).to(device)
+    reference = SmallCNN(1, image_size, 10).to(device)
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(batch_size * steps, 1, image_size, image_size, generator=gen)
     y = torch.randint(0, 10, (batch_size * steps,), generator=gen)
@@ -171,9 +174,9 @@ def measure(batch_size: int = 256, repeats: int = 5, steps: int = 4, image_size:
             rot = order[r % len(order):] + order[:r % len(order)]
             for variant in rot:
                 model = copy.deepcopy(model0)
-                timer = _StepTimer()
+                timer = _StepTimer(device)
                 fit(model, x, y, method=_method(variant, reference), observers=[timer], epochs=1,
-                    batch_size=batch_size, lr=0.01, momentum=0.9, seed=r, progress=False)
+                    batch_size=batch_size, lr=0.01, momentum=0.9, seed=r, progress=False, device=device)
                 times[variant].append(timer.times[1:])
                 bar.update(1)
     return times
@@ -228,6 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--device", default="cpu", help="where the steps run: cpu (default), cuda, cuda:N or mps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -243,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         threads = torch.get_num_threads()
         variants = VARIANTS[:4] if args.skip_reference else VARIANTS
-        times = measure(args.batch_size, args.repeats, args.steps, variants=variants, progress=not args.quiet)
+        times = measure(args.batch_size, args.repeats, args.steps, variants=variants, progress=not args.quiet,
+                        device=args.device)
     finally:
         torch.set_num_threads(previous)
     summary = summarize(times)
@@ -252,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         record = {k: summary[k] for k in ("plain_step_s", "last_layer_ratio", "all_proj_ratio", "all_cos_ratio",
                                           "vmap_reference_ratio") if k in summary}
         record.update({k: v for k, v in summary.items() if k not in record})
-        record.update(batch_size=args.batch_size, threads=threads, repeats=args.repeats,
+        record.update(batch_size=args.batch_size, threads=threads, repeats=args.repeats, device=args.device,
                       timed_steps_per_variant=sum(len(r) for r in times["plain"]),
                       ratio="median over repeats of (variant median step / plain median step, same repeat)")
         write_text_atomic(args.json, json.dumps(record, indent=2) + "\n", overwrite=args.overwrite)

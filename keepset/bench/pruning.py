@@ -69,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true", help="discard results of another configuration")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="where the networks train: cpu (default), cuda, cuda:N or mps")
 
 
 def _resolve_defaults(args) -> None:
@@ -153,7 +154,7 @@ def train_subset(samples, split, labels, mask, args, seed: int) -> dict:
     net = model_for_inputs(args.model, tuple(x.shape[1:]), samples.num_classes)
     t0 = time.perf_counter()
     res = fit(net, x, labels[mask], epochs=epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
-              seed=seed, progress=False)
+              seed=seed, progress=False, device=getattr(args, "device", "cpu"))
     acc = accuracy(net, samples.get_inputs(split.test), samples.labels[split.test])
     return {"accuracy": acc, "kept": m, "kept_fraction": m / n_full,
             "kept_corrupted_fraction": None, "steps": res.steps, "epochs": epochs,
@@ -202,12 +203,13 @@ def run(args) -> int:
         needs_proxy = method not in ("full", "random")
         if needs_proxy and "ref" not in ctx_seed:
             ctx_seed["ref"] = train_reference(samples, split, args.model, epochs=args.ref_epochs,
-                                              batch_size=args.batch_size, lr=args.lr, seed=seed)
+                                              batch_size=args.batch_size, lr=args.lr, seed=seed,
+                                         device=args.device)
         if needs_proxy and noise not in ctx_noise:
             ref = ctx_seed["ref"]
             prun = proxy_run(ref, labels, corrupted, samples.labels[split.test], samples.num_classes,
                              epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed,
-                             gradmimic=True)
+                             gradmimic=True, device=args.device)
             ctx_noise[noise] = {"labels": labels, "features": ref.train_features, "run": prun,
                                 "mimic": prun.mean_mimic(prun.gradmimic),
                                 "scores": dynamics_scores(prun.dynamics_values(), args.early_epochs),

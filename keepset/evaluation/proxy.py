@@ -88,20 +88,21 @@ def make_split(labels, seed: int) -> Split:
 
 
 def train_network(kind: str, x, y, num_classes: int, *, epochs: int, batch_size: int, lr: float, seed: int,
-                  desc: str = "train") -> torch.nn.Module:
-    """A fresh ``kind`` network ("mlp" / "cnn") trained on (x, y) with SGD (momentum 0.9), seeded."""
+                  desc: str = "train", device="cpu") -> torch.nn.Module:
+    """A fresh ``kind`` network ("mlp" / "cnn") trained on (x, y) with SGD (momentum 0.9), seeded; on the CPU after."""
     torch.manual_seed(seed)
     net = model_for_inputs(kind, tuple(x.shape[1:]), num_classes)
-    fit(net, x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False, desc=desc)
-    return net
+    fit(net, x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False, desc=desc,
+        device=device)
+    return net.cpu()
 
 
 def train_reference(samples, split: Split, kind: str, *, epochs: int, batch_size: int, lr: float,
-                    seed: int) -> Reference:
+                    seed: int, device="cpu") -> Reference:
     """Train the reference network on the trusted split's clean labels; embed train and test."""
     x_tr, y_tr = samples.get_inputs(split.trusted), samples.labels[split.trusted]
     net = train_network(kind, x_tr, y_tr, samples.num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
-                        seed=seed, desc="reference")
+                        seed=seed, desc="reference", device=device)
     held = accuracy(net, samples.get_inputs(split.holdout), samples.labels[split.holdout])
     x_test = samples.get_inputs(split.test)
     return Reference(net, held, embed(net, samples.get_inputs(split.train)), embed(net, x_test),
@@ -117,7 +118,8 @@ def noisy_labels(samples, split: Split, kind: str, rate: float, seed: int) -> tu
 
 
 def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, *, epochs: int,
-              batch_size: int, lr: float | None, seed: int, gradmimic: bool = False, ids=None) -> ProxyRun:
+              batch_size: int, lr: float | None, seed: int, gradmimic: bool = False, ids=None,
+              device="cpu") -> ProxyRun:
     """Train a fresh linear head on the train features with plain SGD, recording Mimic Scores and dynamics;
     with ``gradmimic`` also the same head with Grad-Mimic re-weighting, recording Mimic Scores.
 
@@ -138,13 +140,16 @@ def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, 
     mimic = DynamicsRecorder(None, RECORD_FIELDS)
     obs = DynamicsObserver(DynamicsRecorder(None, DYNAMICS_FIELDS))
     fit(head, feats, labels, ids=ids, method=GradMimic(reference, reweight=False, record_to=mimic), observers=[obs],
-        epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False, desc="proxy")
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False, desc="proxy",
+        device=device)
+    head.cpu()
     acc = accuracy(head, ref.test_features, test_labels)
     out = ProxyRun(ids, np.asarray(labels), np.asarray(corrupted), mimic, obs.recorder, acc, float(lr))
     if gradmimic:
         out.gradmimic = DynamicsRecorder(None, RECORD_FIELDS)
         fit(head0, feats, labels, ids=ids, method=GradMimic(reference, reweight=True, record_to=out.gradmimic),
             epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False,
-            desc="proxy (Grad-Mimic)")
+            desc="proxy (Grad-Mimic)", device=device)
+        head0.cpu()
         out.gradmimic_test_accuracy = accuracy(head0, ref.test_features, test_labels)
     return out

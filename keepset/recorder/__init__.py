@@ -5,7 +5,7 @@ The recorder is a sink: training code writes into it and every later stage reads
 from ``keepset.io`` and the id helpers.
 """
 
-from keepset.recorder.aggregate import dense_by_epoch, index_of, per_sample, target_ids, unique_ids
+from keepset.recorder.aggregate import IdIndex, dense_by_epoch, index_of, per_sample, target_ids, unique_ids
 from keepset.recorder.log import DynamicsRecorder
 
-__all__ = ["DynamicsRecorder", "unique_ids", "index_of", "per_sample", "target_ids", "dense_by_epoch"]
+__all__ = ["DynamicsRecorder", "IdIndex", "unique_ids", "index_of", "per_sample", "target_ids", "dense_by_epoch"]

@@ -111,20 +111,21 @@ def stage2_votes(recorder, *, binarize: str = "threshold", vote: str = "majority
         better-informed steps count more). ids : the samples to report, in their order (any order; default
         the log's sorted unique ids); recorded ids missing from ``ids`` raise a ValueError naming how many.
     """
-    from keepset.recorder import index_of, target_ids
+    from keepset.recorder import target_ids
 
     if vote not in VOTES:
         raise ValueError(f"unknown vote {vote!r}; choose one of {VOTES}")
-    logged, where = target_ids(recorder, ids)
-    yes = np.zeros(len(logged))
-    total = np.zeros(len(logged))
+    index, where = target_ids(recorder, ids)
+    u = len(index)
+    yes = np.zeros(u)
+    total = np.zeros(u)
     for d in step_decisions(recorder, binarize=binarize, field=field):
-        pos = index_of(logged, d["id"])
+        pos = index.positions(d["id"])
         w = np.ones(len(pos)) if vote == "majority" else np.maximum(d["epoch"], 0).astype(np.float64) + 1.0
-        yes += np.bincount(pos, w * d["keep"], len(logged))
-        total += np.bincount(pos, w, len(logged))
+        yes += np.bincount(pos, w * d["keep"], u)
+        total += np.bincount(pos, w, u)
     if ids is None:
-        return logged, yes, total
+        return index.ids, yes, total
     from keepset._ids import check_ids
 
     out_ids = check_ids(ids, "ids")
