@@ -7,6 +7,7 @@ Nothing here unpickles arbitrary objects: CIFAR batches go through a restricted 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import pickle
@@ -322,6 +323,30 @@ class ImageFolderLoader:
             return np.zeros(shape, dtype=np.float32)
         arr = np.stack(out)
         return arr[:, None] if self.mode == "L" else arr.transpose(0, 3, 1, 2)
+
+    def content_digest(self, positions: np.ndarray, sample_files: int = 64) -> bytes:
+        """sha256 digest of the files at ``positions``: every file's path, size and mtime (ns), the bytes of
+        ``sample_files`` of them spread evenly over the positions, and the target mode and size.
+
+        An edit that keeps a file's size and mtime (both restored) is seen only in a sampled file.
+        """
+        h = hashlib.sha256(f"{self.mode}:{self.size}".encode())
+        pos = np.asarray(positions, dtype=np.int64)
+        for p in pos:
+            f = self.files[p]
+            try:
+                st = f.stat()
+            except OSError as exc:
+                raise ValueError(f"cannot read image {f}: {exc.strerror or one_line(exc)}") from None
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        if len(pos):
+            for p in np.unique(np.linspace(0, len(pos) - 1, min(sample_files, len(pos))).astype(np.int64)):
+                try:
+                    h.update(self.files[pos[p]].read_bytes())
+                except OSError as exc:
+                    raise ValueError(f"cannot read image {self.files[pos[p]]}: {exc.strerror or one_line(exc)}") \
+                        from None
+        return h.digest()
 
 
 def load_imagefolder_set(path: str | Path, image_size: int | None = None) -> SampleSet:
