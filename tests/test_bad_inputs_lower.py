@@ -387,3 +387,21 @@ def bad_split_nan_label(tmp_path):
 def bad_spec_imagefolder_on_a_file(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     return lambda: load_spec(f"imagefolder:{tmp_path / 'x.txt'}")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+@case("extra must be plain JSON data")
+def bad_checkpoint_extra_not_json_keeps_the_old_file(tmp_path):
+    from keepset.models import MLP, save_checkpoint
+
+    model = MLP(4, 2, hidden=(3,))
+    path = save_checkpoint(model, tmp_path / "m.safetensors")
+    return lambda: save_checkpoint(model, path, extra={"when": object()})
+
+
+@case("extra must be plain JSON data")
+def bad_checkpoint_extra_nan(tmp_path):
+    from keepset.models import MLP, save_checkpoint
+
+    return lambda: save_checkpoint(MLP(4, 2, hidden=(3,)), tmp_path / "m.safetensors", extra={"loss": float("nan")})

@@ -102,3 +102,58 @@ def test_image_folder_fingerprint_sees_a_changed_file(tmp_path):
     samples = load_imagefolder_set(tmp_path)
     got = cached_image_embeddings(enc, samples, tmp_path / "cache")
     assert np.allclose(got[list(samples.ids).index("a/3.png")], 2 * 41 / 255)
+
+
+_SAVE_TWICE = """
+import json, sys, torch
+from keepset.encoders import ClipAdapters, save_adapters
+from keepset.models import MLP, save_checkpoint
+out = sys.argv[1]
+torch.manual_seed(0)
+model = MLP(16, 3, hidden=(7,))
+save_checkpoint(model, out + "/m1.safetensors", {"role": "model", "b": 1, "a": {"y": 2, "x": 1}})
+save_checkpoint(model, out + "/m2.safetensors", {"a": {"x": 1, "y": 2}, "role": "model", "b": 1})
+torch.manual_seed(0)
+save_adapters(ClipAdapters(4, 6, 3, identity_init=False), out + "/ad.safetensors")
+"""
+
+
+def test_same_model_same_bytes_in_any_process(tmp_path):
+    """Same tensors and metadata -> same file, whatever the metadata's insertion order, the process or its
+    PYTHONHASHSEED (safetensors writes its metadata map in a random order unless keepset sorts it)."""
+    import json
+    import subprocess
+    import sys
+
+    files = {}
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        out.mkdir()
+        if seed == "1":  # this process
+            exec(_SAVE_TWICE.replace("sys.argv[1]", repr(str(out))), {})
+        else:
+            subprocess.run([sys.executable, "-c", _SAVE_TWICE, str(out)], check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(hash("x") % 1000 + 7)})
+        for name in ("m1", "m2", "ad"):
+            files.setdefault(name, set()).add((out / f"{name}.safetensors").read_bytes())
+    assert all(len(v) == 1 for v in files.values()), {k: len(v) for k, v in files.items()}
+    assert files["m1"] == files["m2"]
+    raw = next(iter(files["m1"]))
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    meta = header["__metadata__"]
+    assert list(meta) == sorted(meta) and list(header) == sorted(header)
+    assert meta["keepset_extra"] == json.dumps({"a": {"x": 1, "y": 2}, "b": 1, "role": "model"}, sort_keys=True)
+    # the rewritten header still loads, with the same tensors
+    from keepset.models import load_checkpoint
+
+    (tmp_path / "m.safetensors").write_bytes(raw)
+    model, extra = load_checkpoint(tmp_path / "m.safetensors")
+    assert extra == {"a": {"x": 1, "y": 2}, "b": 1, "role": "model"}
+    import torch
+
+    from keepset.models import MLP
+
+    torch.manual_seed(0)
+    ref = MLP(16, 3, hidden=(7,))
+    assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), model.state_dict().values()))
