@@ -405,3 +405,21 @@ def bad_checkpoint_extra_nan(tmp_path):
     from keepset.models import MLP, save_checkpoint
 
     return lambda: save_checkpoint(MLP(4, 2, hidden=(3,)), tmp_path / "m.safetensors", extra={"loss": float("nan")})
+
+
+# ---------------------------------------------------------------- manifests
+
+@case("missing.npz")
+def bad_manifest_missing_input_keeps_the_old_manifest(tmp_path):
+    from keepset.io import write_manifest
+
+    path = write_manifest(tmp_path / "manifest.json", method="m", params={})
+    return lambda: write_manifest(path, method="m", params={}, inputs={"data": tmp_path / "missing.npz"},
+                                  overwrite=True)
+
+
+@case("inputs['seed']")
+def bad_manifest_input_not_a_path(tmp_path):
+    from keepset.io import write_manifest
+
+    return lambda: write_manifest(tmp_path / "manifest.json", method="m", params={}, inputs={"seed": 3})

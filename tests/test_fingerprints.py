@@ -157,3 +157,79 @@ def test_same_model_same_bytes_in_any_process(tmp_path):
     torch.manual_seed(0)
     ref = MLP(16, 3, hidden=(7,))
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), model.state_dict().values()))
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_manifest_records_versions_command_platform_and_input_output_hashes(tmp_path, monkeypatch):
+    import importlib.metadata
+    import json
+    import platform
+    import sys
+
+    import torch
+
+    from keepset import __version__
+    from keepset.io import write_manifest
+
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"some bytes")
+    folder = tmp_path / "images"
+    (folder / "b").mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"A")
+    (folder / "b" / "c.png").write_bytes(b"CC")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "scores.parquet").write_bytes(b"table")
+    monkeypatch.setattr(sys, "argv", ["keepset", "score", "--data", f"npz:{data}"])
+    path = write_manifest(out / "manifest.json", method="loss", params={"epochs": 2},
+                          data={"spec": f"npz:{data}"}, models={"reference": "sha-of-weights"},
+                          inputs={"data": data, "images": folder},
+                          outputs={"scores": "scores.parquet", "kept": 5})
+    doc = json.loads(path.read_text())
+    v = doc["versions"]
+    assert v["keepset"] == __version__ and v["python"] == platform.python_version()
+    assert v["numpy"] == np.__version__ and v["torch"] == torch.__version__
+    assert ("transformers" in v) == ("transformers" in sys.modules)
+    if "transformers" in v:
+        assert v["transformers"] == importlib.metadata.version("transformers")
+    assert doc["command"] == ["keepset", "score", "--data", f"npz:{data}"]
+    assert doc["platform"] == platform.platform()
+    assert doc["inputs"]["data"] == {"path": str(data), "sha256": _sha256(data), "bytes": 10}
+    # a folder: sha256 over "relative/path\0<sha256 of the file>\n" lines, sorted by path
+    import hashlib
+
+    lines = "".join(f"{rel}\0{_sha256(folder / rel)}\n" for rel in ("a.png", "b/c.png"))
+    assert doc["inputs"]["images"]["sha256"] == hashlib.sha256(lines.encode()).hexdigest()
+    assert doc["inputs"]["images"]["files"] == 2 and doc["inputs"]["images"]["bytes"] == 3
+    # outputs named relative to the manifest's folder are fingerprinted; other values are kept as given
+    assert doc["outputs"]["scores"] == {"path": "scores.parquet", "sha256": _sha256(out / "scores.parquet"),
+                                        "bytes": 5}
+    assert doc["outputs"]["kept"] == 5
+    assert doc["method"] == "loss" and doc["params"] == {"epochs": 2} and doc["models"] == {"reference": "sha-of-weights"}
+    assert doc["keepset_version"] == __version__  # the old keys stay
+
+
+def test_model_fingerprint_sees_names_shapes_dtypes_and_values():
+    import copy
+
+    import torch
+
+    from keepset.encoders.base import hash_state_dict
+    from keepset.models import MLP, model_fingerprint
+
+    torch.manual_seed(0)
+    a = MLP(6, 3, hidden=(4,))
+    fp = model_fingerprint(a)
+    assert len(fp) == 16 and model_fingerprint(copy.deepcopy(a)) == fp and hash_state_dict(a) == fp
+    b = copy.deepcopy(a)
+    with torch.no_grad():
+        b.head.weight[0, 0] += 1e-6
+    assert model_fingerprint(b) != fp
+    assert model_fingerprint(copy.deepcopy(a).double()) != fp  # same values, other dtype
+    torch.manual_seed(0)
+    assert model_fingerprint(MLP(6, 3, hidden=(4,))) == fp  # same seed, same weights
