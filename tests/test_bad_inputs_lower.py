@@ -423,3 +423,26 @@ def bad_manifest_input_not_a_path(tmp_path):
     from keepset.io import write_manifest
 
     return lambda: write_manifest(tmp_path / "manifest.json", method="m", params={}, inputs={"seed": 3})
+
+
+# ---------------------------------------------------------------- evaluation metrics
+
+@case("y_pred")
+def bad_detection_metrics_values_other_than_0_1(tmp_path):
+    from keepset.evaluation import detection_metrics
+
+    return lambda: detection_metrics(np.array([1, 0, 1]), np.array([2, 0, 1]))
+
+
+@case("y_true has 3")
+def bad_detection_metrics_length_mismatch(tmp_path):
+    from keepset.evaluation import detection_metrics
+
+    return lambda: detection_metrics(np.array([True, False, True]), np.array([True, False]))
+
+
+@case("y_score")
+def bad_auroc_nan_scores(tmp_path):
+    from keepset.evaluation import auroc
+
+    return lambda: auroc(np.array([True, False, True]), np.array([0.1, np.nan, 0.3]))

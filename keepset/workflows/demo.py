@@ -102,8 +102,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
     rec = runs["gradmimic"][1]
     keep = stage2_filter(rec, binarize=cfg.binarize, vote=cfg.vote)
     mean_score = rec.mean("mimic")
-    det = detection_metrics(~keep, corrupted)
-    det["auroc"] = auroc(-mean_score, corrupted)
+    det = detection_metrics(corrupted, ~keep)
+    det["auroc"] = auroc(corrupted, -mean_score)
     quality = {"estimated": estimate_quality(keep), "true": float(1.0 - corrupted.mean())}
     quality["error"] = quality_error(quality["estimated"], quality["true"])
     acc = {"sgd": evaluate(runs["sgd"][0]), "gradmimic": evaluate(runs["gradmimic"][0]),
