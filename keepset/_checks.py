@@ -113,6 +113,25 @@ def infer_num_classes(labels: np.ndarray, name: str = "labels", *, dense: bool =
     return k
 
 
+def check_class_labels(labels, num_classes: int | None = None, name: str = "labels") -> np.ndarray:
+    """``check_labels`` plus plausibility when ``num_classes`` is unknown: the labels must be indices 0..K-1
+    with K at most the number of samples (``infer_num_classes``); pass ``num_classes`` for a small subset
+    of a larger label set. Returns int64 [N]."""
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))
+                                    or num_classes < 1):
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    y = check_labels(labels, num_classes, name)
+    if num_classes is None:
+        infer_num_classes(y, name, fix="pass num_classes")
+    return y
+
+
+def check_nonempty_array(n: int, name: str) -> None:
+    """Raise ``ValueError("<name> is empty: ...")`` when ``n == 0``."""
+    if int(n) == 0:
+        raise ValueError(f"{name} is empty: there are no samples to select from")
+
+
 def one_line(text, limit: int = 200) -> str:
     """``text`` (e.g. a library's exception message) on one line, at most ``limit`` characters."""
     flat = " ".join(str(text).split())

@@ -446,3 +446,96 @@ def bad_auroc_nan_scores(tmp_path):
     from keepset.evaluation import auroc
 
     return lambda: auroc(np.array([True, False, True]), np.array([0.1, np.nan, 0.3]))
+
+
+# ---------------------------------------------------------------- selection
+
+@case("1000000000")
+def bad_balanced_selection_huge_label(tmp_path):
+    from keepset.selection.baselines import select_class_balanced
+
+    return lambda: select_class_balanced(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 1, 10**9]), 0.5)
+
+
+@case("-5")
+def bad_balanced_selection_negative_label(tmp_path):
+    from keepset.selection.baselines import select_class_balanced
+
+    return lambda: select_class_balanced(np.array([0.1, 0.2, 0.3]), np.array([0, -5, 1]), 0.5)
+
+
+@case("NaN")
+def bad_random_balanced_nan_label(tmp_path):
+    from keepset.selection.baselines import select_random_class_balanced
+
+    return lambda: select_random_class_balanced(np.array([0.0, np.nan, 1.0]), 0.5)
+
+
+@case("empty")
+def bad_balanced_selection_empty(tmp_path):
+    from keepset.selection.baselines import select_class_balanced
+
+    return lambda: select_class_balanced(np.zeros(0), np.zeros(0, np.int64), 0.5)
+
+
+@case("n must be")
+def bad_random_selection_fractional_n(tmp_path):
+    from keepset.selection.baselines import select_random
+
+    return lambda: select_random(2.5, 0.5)
+
+
+@case("1000000000")
+def bad_moderate_huge_label(tmp_path):
+    from keepset.selection.moderate import moderate_ds
+
+    return lambda: moderate_ds(np.ones((3, 2)), np.array([0, 1, 10**9]), 0.5)
+
+
+@case("empty")
+def bad_moderate_empty(tmp_path):
+    from keepset.selection.moderate import moderate_ds
+
+    return lambda: moderate_ds(np.ones((0, 2)), np.zeros(0, np.int64), 0.5)
+
+
+@case("ratio")
+def bad_moderate_nan_ratio(tmp_path):
+    from keepset.selection.moderate import moderate_ds
+
+    return lambda: moderate_ds(np.ones((3, 2)), np.array([0, 1, 1]), float("nan"))
+
+
+@case("empty")
+def bad_ccs_empty(tmp_path):
+    from keepset.selection.ccs import ccs_select
+
+    return lambda: ccs_select(np.zeros(0), 0.5)
+
+
+@case("n_strata")
+def bad_ccs_nan_strata(tmp_path):
+    from keepset.selection.ccs import ccs_select
+
+    return lambda: ccs_select(np.arange(10.0), 0.5, n_strata=float("nan"))
+
+
+@case("hard_cutoff")
+def bad_ccs_cutoff_not_a_number(tmp_path):
+    from keepset.selection.ccs import ccs_select
+
+    return lambda: ccs_select(np.arange(10.0), 0.5, hard_cutoff="abc")
+
+
+@case("NaN")
+def bad_ccs_nan_scores(tmp_path):
+    from keepset.selection.ccs import ccs_select
+
+    return lambda: ccs_select(np.array([0.1, np.nan, 0.3]), 0.5)
+
+
+@case("bin_counts")
+def bad_ccs_budgets_fractional_counts(tmp_path):
+    from keepset.selection.ccs import ccs_budgets
+
+    return lambda: ccs_budgets([1.5, 2.0], 2)
