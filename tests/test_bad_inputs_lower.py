@@ -539,3 +539,43 @@ def bad_ccs_budgets_fractional_counts(tmp_path):
     from keepset.selection.ccs import ccs_budgets
 
     return lambda: ccs_budgets([1.5, 2.0], 2)
+
+
+# ---------------------------------------------------------------- Stage 2 votes
+
+@case("[2, 5]")
+def bad_votes_other_than_minus1_0_1(tmp_path):
+    from keepset.selection.stage2 import aggregate_votes
+
+    return lambda: aggregate_votes(np.array([[1, 2, 0], [5, 1, -1]]))
+
+
+@case("NaN")
+def bad_votes_nan(tmp_path):
+    from keepset.selection.stage2 import aggregate_votes
+
+    return lambda: aggregate_votes(np.array([[1.0, np.nan, 0.0], [1.0, 1.0, -1.0]]))
+
+
+@case("0.5")
+def bad_votes_fractional(tmp_path):
+    from keepset.selection.stage2 import aggregate_votes
+
+    return lambda: aggregate_votes(np.array([[1.0, 0.5, 0.0]]))
+
+
+@case("dtype <U1")
+def bad_votes_strings(tmp_path):
+    from keepset.selection.stage2 import aggregate_votes
+
+    return lambda: aggregate_votes(np.array([["1", "0"]]))
+
+
+def test_aggregate_votes_still_accepts_float_and_bool_decisions_holding_valid_values():
+    from keepset.selection.stage2 import aggregate_votes
+
+    d = np.array([[1, 0, -1, 1], [1, 1, -1, 0], [0, 0, 1, 1]], dtype=np.int8)
+    expected = np.array([True, False, True, True])  # keep share by hand: 2/3, 1/3, 1/1, 2/3
+    assert (aggregate_votes(d) == expected).all()
+    assert (aggregate_votes(d.astype(np.float32)) == expected).all()
+    assert (aggregate_votes(np.array([[True, False], [True, True]])) == np.array([True, True])).all()
