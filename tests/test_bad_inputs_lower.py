@@ -579,3 +579,10 @@ def test_aggregate_votes_still_accepts_float_and_bool_decisions_holding_valid_va
     assert (aggregate_votes(d) == expected).all()
     assert (aggregate_votes(d.astype(np.float32)) == expected).all()
     assert (aggregate_votes(np.array([[True, False], [True, True]])) == np.array([True, True])).all()
+
+
+@case("1000000000")
+def bad_out_of_sample_probs_huge_label(tmp_path):
+    from keepset.scoring.peers import out_of_sample_probs
+
+    return lambda: out_of_sample_probs(np.ones((4, 2)), np.array([0, 1, 0, 10**9]))
