@@ -126,10 +126,10 @@ def check_class_labels(labels, num_classes: int | None = None, name: str = "labe
     return y
 
 
-def check_nonempty_array(n: int, name: str) -> None:
-    """Raise ``ValueError("<name> is empty: ...")`` when ``n == 0``."""
+def check_nonempty_array(n: int, name: str, task: str = "select from") -> None:
+    """Raise ``ValueError("<name> is empty: there are no samples to <task>")`` when ``n == 0``."""
     if int(n) == 0:
-        raise ValueError(f"{name} is empty: there are no samples to select from")
+        raise ValueError(f"{name} is empty: there are no samples to {task}")
 
 
 def one_line(text, limit: int = 200) -> str:

@@ -45,7 +45,7 @@ def out_of_sample_probs(features, labels, *, n_folds: int = 5, seed: int = 0, ep
     y = check_class_labels(labels)  # K = max + 1 <= N: a label 10^9 must not allocate [N, 10^9] probabilities
     if y.shape != (len(x),):
         raise ValueError(f"labels must have shape ({len(x)},), got {y.shape}")
-    check_nonempty_array(len(y), "labels")
+    check_nonempty_array(len(y), "labels", "score")
     k = int(y.max()) + 1
     if int(n_folds) < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")
