@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pytest
 
 from keepset.data import SampleSet
 from keepset.data.sources import load_imagefolder_set, load_npz_set
@@ -104,7 +103,7 @@ def test_image_folder_fingerprint_sees_a_changed_file(tmp_path):
 
 
 _SAVE_TWICE = """
-import json, sys, torch
+import sys, torch
 from keepset.encoders import ClipAdapters, save_adapters
 from keepset.models import MLP, save_checkpoint
 out = sys.argv[1]
