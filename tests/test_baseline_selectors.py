@@ -215,3 +215,14 @@ def test_cleanlab_peer_finds_flipped_labels():
     truth = y != y_true
     assert (issues & truth).sum() >= 15 and (issues & ~truth).sum() <= 5
     np.testing.assert_allclose(quality, probs[np.arange(180), y])  # self-confidence
+
+
+def test_class_balanced_on_a_small_subset_of_a_large_label_set_needs_num_classes():
+    scores = np.array([0.3, 0.1, 0.9, 0.5])
+    labels = np.array([0, 7, 7, 9])  # 4 samples of a 10-class set: labels above N need num_classes
+    with pytest.raises(ValueError, match="pass num_classes"):
+        select_class_balanced(scores, labels, 0.5)
+    keep = select_class_balanced(scores, labels, 0.5, num_classes=10)
+    assert keep.sum() == 2 and keep[2]  # class 7's best (0.9) is kept
+    assert select_random_class_balanced(labels, 0.5, num_classes=10).sum() == 2
+    assert moderate_ds(np.eye(4), labels, 0.5, num_classes=10).sum() == 2

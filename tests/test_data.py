@@ -1,4 +1,5 @@
 import gzip
+import os
 import pickle
 
 import numpy as np
@@ -113,7 +114,7 @@ def test_cifar_batches_load_and_malicious_pickles_are_refused(tmp_path):
             import os
             return (os.system, ("echo pwned",))
     (root / "data_batch_1").write_bytes(pickle.dumps({b"data": Evil()}))
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    with pytest.raises(ValueError, match="data_batch_1 is not a readable CIFAR python batch: refusing"):
         load_cifar_set(root)
 
 
@@ -162,3 +163,47 @@ def test_sampleset_validation_and_subset():
         SampleSet(ids=np.array([1, 1]), labels=np.array([0, 1]), class_names=["a", "b"], inputs=np.zeros((2, 1)))
     with pytest.raises(ValueError, match="outside"):
         SampleSet(ids=np.array([1, 2]), labels=np.array([0, 2]), class_names=["a", "b"], inputs=np.zeros((2, 1)))
+
+
+def test_imagefolder_with_mixed_sizes_and_modes_and_linked_folders(tmp_path):
+    """Documented behaviour: every image is converted to the first image's mode and resized to its width."""
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    Image.fromarray(np.full((10, 10, 3), 200, np.uint8)).save(root / "a" / "0.png")          # RGB 10x10: sets size, mode
+    Image.fromarray(np.full((6, 8), 51, np.uint8), "L").save(root / "a" / "1.png")           # grayscale 8x6
+    Image.fromarray(np.full((12, 12, 4), 255, np.uint8), "RGBA").save(root / "b" / "2.png")  # RGBA 12x12
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(elsewhere / "3.png")
+    os.symlink(elsewhere, root / "b" / "more")  # a linked folder (no loop) is followed
+    s = load_imagefolder_set(root)
+    assert list(s.ids) == ["a/0.png", "a/1.png", "b/2.png", "b/more/3.png"]
+    x = s.get_inputs()
+    assert x.shape == (4, 3, 10, 10)
+    assert np.allclose(x[1], 51 / 255) and np.allclose(x[2], 1.0) and np.allclose(x[3], 0.0)
+    # a grayscale first image makes the whole set grayscale
+    Image.fromarray(np.full((5, 5), 0, np.uint8), "L").save(root / "a" / "0.png")
+    assert load_imagefolder_set(root).get_inputs().shape == (4, 1, 5, 5)
+
+
+def test_npz_with_string_ids_class_names_and_whole_float_labels(tmp_path):
+    p = tmp_path / "f.npz"
+    np.savez(p, features=np.arange(6.0).reshape(3, 2), labels=np.array([2.0, 0.0, 2.0]),
+             ids=np.array(["x", "y", "z"]), class_names=np.array(["a", "b", "c"]))
+    s = load_npz_set(p)
+    assert list(s.ids) == ["x", "y", "z"] and list(s.labels) == [2, 0, 2] and s.class_names == ["a", "b", "c"]
+    # without class_names, sparse labels up to N - 1 are accepted (classes "0".."K-1")
+    np.savez(p, features=np.ones((4, 2)), labels=np.array([0, 3, 3, 0]))
+    assert load_npz_set(p).class_names == ["0", "1", "2", "3"]
+
+
+def test_noise_infers_num_classes_only_from_dense_labels():
+    noisy, corrupted = add_label_noise(np.array([0, 1, 2, 0, 1, 2]), 0.5, seed=0)
+    assert set(noisy.tolist()) <= {0, 1, 2} and corrupted.sum() == 3
+    with pytest.raises(ValueError, match=r"classes \[1\] never occur"):
+        add_label_noise(np.array([0, 2, 2, 0]), 0.5)
+    noisy, _ = add_label_noise(np.array([0, 2, 2, 0]), 1.0, num_classes=3, seed=0)
+    assert set(noisy.tolist()) <= {0, 1, 2}

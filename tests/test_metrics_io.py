@@ -15,15 +15,33 @@ def test_auroc_matches_sklearn_with_ties():
     rng = np.random.default_rng(0)
     s = rng.integers(0, 5, 300).astype(float)
     y = rng.random(300) < 0.3
-    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
-    assert np.isnan(auroc(s, np.zeros(300, bool)))
+    assert auroc(y, s) == pytest.approx(roc_auc_score(y, s))  # sklearn's order: (y_true, y_score)
+    assert auroc(y.astype(int), s) == pytest.approx(roc_auc_score(y, s))  # 0/1 integers too
+    assert np.isnan(auroc(np.zeros(300, bool), s))
+    with pytest.raises(ValueError, match=r"y_true .*\(y_true, y_score\)"):
+        auroc(s, y)  # the old (scores, positives) order is refused, not silently wrong
+
+
+def test_detection_metrics_follow_sklearn():
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    rng = np.random.default_rng(1)
+    y_true = rng.random(200) < 0.2
+    y_pred = rng.random(200) < 0.5  # many more flags than corrupted samples: precision != recall
+    m = detection_metrics(y_true, y_pred)
+    assert m["precision"] == pytest.approx(precision_score(y_true, y_pred))
+    assert m["recall"] == pytest.approx(recall_score(y_true, y_pred))
+    assert m["f1"] == pytest.approx(f1_score(y_true, y_pred))
+    assert m["precision"] < m["recall"] and m["flagged"] == int(y_pred.sum())
 
 
 def test_detection_metrics_by_hand():
-    m = detection_metrics(np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 1, 0, 1], bool))
-    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
-    assert m["f1"] == pytest.approx(2 / 3)
-    assert detection_metrics(np.zeros(3, bool), np.ones(3, bool))["f1"] == 0.0
+    # corrupted = [1, 0, 1, 0, 1], flagged = [1, 1, 0, 0, 0]: tp 1, fp 1, fn 2
+    m = detection_metrics(np.array([1, 0, 1, 0, 1], bool), np.array([1, 1, 0, 0, 0], bool))
+    assert m["precision"] == pytest.approx(1 / 2) and m["recall"] == pytest.approx(1 / 3)
+    assert m["f1"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+    assert detection_metrics(np.ones(3, bool), np.zeros(3, bool)) == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                                                       "flagged": 0}
 
 
 def test_score_table_roundtrip_and_no_silent_overwrite(tmp_path):

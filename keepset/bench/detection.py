@@ -122,8 +122,8 @@ def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int)
             suspicion = -quality
         else:
             raise ValueError(f"unknown detection method {m!r}; choose from {METHODS}")
-        res = detection_metrics(np.asarray(flags, dtype=bool), corrupted)
-        res["auroc"] = auroc(suspicion, corrupted)
+        res = detection_metrics(corrupted, np.asarray(flags, dtype=bool))
+        res["auroc"] = auroc(corrupted, suspicion)
         res["quality_est"] = 1.0 - float(np.mean(flags)) if own_quality is None else own_quality
         res["quality_err"] = abs(res["quality_est"] - (1.0 - float(corrupted.mean())))
         res["seconds"] = time.perf_counter() - t0

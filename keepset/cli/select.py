@@ -53,10 +53,9 @@ def run(args) -> int:
     if args.format == "datacomp":
         kept_ids = uids_to_datacomp(kept_ids)
     params = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
-    # the manifest first: a keep list on disk always has its (new) manifest beside it
-    write_manifest(f"{args.out}.manifest.json", method=args.method, params=params,
-                   data={"scores": str(args.scores), "n": int(len(keep))},
-                   outputs={"keep": str(args.out), "kept": int(keep.sum())}, overwrite=args.overwrite)
     write_keep_list(args.out, kept_ids, overwrite=args.overwrite)
+    write_manifest(f"{args.out}.manifest.json", method=args.method, params=params,
+                   data={"n": int(len(keep)), "kept": int(keep.sum())}, inputs={"scores": args.scores},
+                   outputs={"keep": str(args.out)}, overwrite=args.overwrite)
     print(f"kept {int(keep.sum())} of {len(keep)} samples ({keep.mean():.1%}) -> {args.out}")
     return 0

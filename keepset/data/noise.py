@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keepset._checks import check_labels
+from keepset._checks import check_labels, infer_num_classes
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 
@@ -36,6 +36,9 @@ def add_label_noise(labels, rate: float, kind: str = "symmetric", num_classes: i
         independently with probability ``rate``.
     kind : "symmetric" or "asymmetric"
     num_classes : int, default ``labels.max() + 1``
+        Inferred only when every class 0..max(labels) occurs (and max(labels) < N); otherwise pass it:
+        noise draws new labels from 0..num_classes-1, so a wrongly inferred count would silently move
+        samples into classes that do not exist (a label 10^9 would mean 10^9 classes).
     seed : int
 
     Returns
@@ -45,15 +48,23 @@ def add_label_noise(labels, rate: float, kind: str = "symmetric", num_classes: i
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r}; choose one of {NOISE_KINDS}")
-    rate = float(rate)
+    try:
+        rate = float(rate)
+    except (TypeError, ValueError):
+        raise ValueError(f"noise rate must be a number in [0, 1], got {rate!r}") from None
     if not np.isfinite(rate) or not 0.0 <= rate <= 1.0:
-        raise ValueError(f"noise rate must be in [0, 1], got {rate}")
+        raise ValueError(f"noise rate must be in [0, 1] (the fraction of labels to corrupt), got {rate}")
     y = check_labels(labels)
+    if y.size == 0:
+        raise ValueError("labels is empty: there are no samples to add label noise to")
     if num_classes is None:
-        num_classes = int(y.max()) + 1 if y.size else 0
-    y = check_labels(y, num_classes)
+        num_classes = infer_num_classes(y, dense=True, fix="pass num_classes (the number of classes)")
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
+    num_classes = int(num_classes)
+    y = check_labels(y, num_classes, hint=f"num_classes is {num_classes}: pass the true number of classes")
     if num_classes < 2:
-        raise ValueError("label noise needs at least 2 classes")
+        raise ValueError(f"label noise needs at least 2 classes, got num_classes={num_classes}")
     rng = np.random.default_rng(seed)
     n = len(y)
     noisy = y.copy()

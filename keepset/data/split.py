@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from keepset._checks import check_labels
+
 
 def split_indices(labels, fractions=(0.6, 0.15, 0.25), seed: int = 0) -> list[np.ndarray]:
     """Split positions into parts of the given fractions, stratified by label.
@@ -18,10 +20,15 @@ def split_indices(labels, fractions=(0.6, 0.15, 0.25), seed: int = 0) -> list[np
     -------
     list of sorted int64 position arrays, one per fraction; together they cover every sample once.
     """
-    fr = np.asarray(fractions, dtype=np.float64)
-    if fr.ndim != 1 or (fr <= 0).any() or abs(fr.sum() - 1.0) > 1e-6:
-        raise ValueError(f"fractions must be positive and sum to 1, got {tuple(fractions)}")
-    labels = np.asarray(labels)
+    try:
+        fr = np.asarray(fractions, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"fractions must be numbers summing to 1, got {fractions!r}") from None
+    if fr.ndim != 1 or not np.isfinite(fr).all() or (fr <= 0).any() or abs(fr.sum() - 1.0) > 1e-6:
+        raise ValueError(f"fractions must be positive and sum to 1, got {tuple(fr.tolist()) if fr.ndim else fractions}")
+    labels = check_labels(labels)
+    if labels.size == 0:
+        raise ValueError("labels is empty: there are no samples to split")
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in fr]
     bounds = np.cumsum(fr)[:-1]

@@ -162,15 +162,12 @@ def train_adapters(img_emb, txt_emb_per_class, labels, *, dim: int | None = None
 
 
 def save_adapters(adapters: ClipAdapters, path: str | Path, overwrite: bool = False) -> Path:
-    """Write both adapters to ``path`` (.safetensors, config in the header), atomically."""
-    from safetensors.torch import save_file
-
-    from keepset.io import atomic_path
+    """Write both adapters to ``path`` (.safetensors, config in the header), atomically; same adapters, same bytes."""
+    from keepset.models.checkpoint import write_safetensors
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapters.state_dict().items()}
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata={"keepset_adapters": json.dumps(adapters.config)})
-    return Path(path)
+    return write_safetensors(path, tensors, {"keepset_adapters": json.dumps(adapters.config, sort_keys=True)},
+                             overwrite=overwrite)
 
 
 def load_adapters(path: str | Path) -> ClipAdapters:

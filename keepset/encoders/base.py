@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from keepset.data import SampleSet
+from keepset.models.fingerprint import model_fingerprint
 
 
 @runtime_checkable
@@ -41,14 +42,8 @@ def hash_strings(parts: Iterable[str], length: int = 16) -> str:
 
 
 def hash_state_dict(module: torch.nn.Module, length: int = 16) -> str:
-    """A short hash of every tensor of ``module`` (names, shapes and values)."""
-    h = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        h.update(key.encode())
-        t = value.detach().cpu().contiguous()
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.float().numpy().tobytes() if t.is_floating_point() else t.numpy().tobytes())
-    return h.hexdigest()[:length]
+    """A short hash of every tensor of ``module`` (names, dtypes, shapes and values): ``model_fingerprint``."""
+    return model_fingerprint(module, length)
 
 
 def check_texts(texts) -> list[str]:

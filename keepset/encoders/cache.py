@@ -56,7 +56,8 @@ def _load_or_compute(path: Path | None, n: int, compute) -> np.ndarray:
 def cached_image_embeddings(encoder, samples: SampleSet, cache_dir: str | Path | None) -> np.ndarray:
     """``encoder.encode_images(samples)`` [N, d], read from / written to ``cache_dir`` (None: no cache).
 
-    The key is ``encoder.fingerprint`` and ``samples.fingerprint()`` (ids, labels, source name).
+    The key is ``encoder.fingerprint`` and ``samples.fingerprint()``: ids, labels and the inputs' content, so
+    data changed at the same path is re-encoded, never served stale.
     """
     path = None if cache_dir is None else (
         Path(cache_dir) / "embeddings" / f"img-{encoder.fingerprint}-{samples.fingerprint()}.npy")

@@ -7,39 +7,56 @@ import numpy as np
 from keepset._checks import check_scores
 
 
-def _bool(a, name: str, n: int | None = None) -> np.ndarray:
+ORDER = "the order is (y_true, y_pred) / (y_true, y_score), as in sklearn.metrics"
+
+
+def _binary(a, name: str, n: int | None = None, other: str = "") -> np.ndarray:
+    """``a`` as a bool [N] array: booleans, or integers / floats holding only 0 and 1."""
     arr = np.asarray(a)
-    if arr.dtype != np.bool_:
-        raise ValueError(f"{name} must be a boolean array, got dtype {arr.dtype}")
-    if arr.ndim != 1 or (n is not None and len(arr) != n):
-        raise ValueError(f"{name} must have shape ({n if n is not None else 'N'},), got {arr.shape}")
-    return arr
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one value per sample), got shape {arr.shape}")
+    if n is not None and len(arr) != n:
+        raise ValueError(f"{other} has {n} values but {name} has {len(arr)}; give one per sample")
+    if arr.dtype == np.bool_:
+        return arr
+    if arr.dtype.kind in "iuf":
+        bad = (arr != 0) & (arr != 1)
+        if not bad.any():
+            return arr == 1
+        raise ValueError(f"{name} must hold booleans or 0/1, found {int(bad.sum())} other values (e.g. "
+                         f"{arr[bad][:3].tolist()}); {ORDER}")
+    raise ValueError(f"{name} must hold booleans or 0/1, got dtype {arr.dtype}; {ORDER}")
 
 
-def detection_metrics(flagged, corrupted) -> dict[str, float]:
-    """Precision, recall and F1 of ``flagged`` [N] bool against the truth ``corrupted`` [N] bool.
+def detection_metrics(y_true, y_pred) -> dict[str, float]:
+    """Precision, recall and F1 of the flags ``y_pred`` [N] against the truth ``y_true`` [N] (True = corrupted).
 
-    Precision is defined as 0 when nothing is flagged; F1 as 0 when precision + recall is 0.
+    sklearn's argument order and definitions (``precision_score`` / ``recall_score`` / ``f1_score`` with
+    ``zero_division=0``: precision is 0 when nothing is flagged, F1 is 0 when precision + recall is 0).
+    Both arrays are booleans or 0/1. Returns {"precision", "recall", "f1", "flagged" (the number of flags)}.
     """
-    corrupted = _bool(corrupted, "corrupted")
-    flagged = _bool(flagged, "flagged", len(corrupted))
-    tp = int((flagged & corrupted).sum())
-    fp = int((flagged & ~corrupted).sum())
-    fn = int((~flagged & corrupted).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "flagged": int(flagged.sum())}
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    t = _binary(y_true, "y_true")
+    p = _binary(y_pred, "y_pred", len(t), "y_true")
+    if not len(t):
+        raise ValueError("y_true is empty: there are no samples to evaluate")
+    return {"precision": float(precision_score(t, p, zero_division=0)),
+            "recall": float(recall_score(t, p, zero_division=0)),
+            "f1": float(f1_score(t, p, zero_division=0)), "flagged": int(p.sum())}
 
 
-def auroc(scores, positives) -> float:
-    """Area under the ROC curve of ``scores`` [N] (higher = more likely positive) for ``positives`` [N] bool.
+def auroc(y_true, y_score) -> float:
+    """Area under the ROC curve of ``y_score`` [N] (higher = more likely positive) for ``y_true`` [N].
 
-    The Mann-Whitney statistic with average ranks for ties; NaN when one class is empty.
+    sklearn's argument order (``roc_auc_score(y_true, y_score)``) and value: the Mann-Whitney statistic with
+    average ranks for ties. ``y_true`` is booleans or 0/1; NaN (sklearn raises) when one class is empty.
     """
-    s = check_scores(scores)
-    pos = _bool(positives, "positives", len(s))
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    t = _binary(y_true, "y_true")
+    s = check_scores(y_score, "y_score")
+    if len(s) != len(t):
+        raise ValueError(f"y_true has {len(t)} values but y_score has {len(s)}; give one per sample")
+    n_pos, n_neg = int(t.sum()), int((~t).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     order = np.argsort(s, kind="mergesort")
@@ -50,7 +67,7 @@ def auroc(scores, positives) -> float:
     ends = np.r_[starts[1:], len(s)]
     avg = (starts + ends + 1) / 2.0
     ranks[order] = np.repeat(avg, ends - starts)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float((ranks[t].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def quality_error(estimated: float, true: float) -> float:

@@ -14,20 +14,49 @@ from keepset.io.atomic import atomic_path
 from keepset.models.networks import build_model
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
-    """Write ``model``'s state dict and config to ``path`` (.safetensors) atomically."""
-    from safetensors.torch import save_file
+def _metadata_json(value, what: str) -> str:
+    """``value`` as JSON with sorted keys (same value, same string), or ValueError when it is not JSON data."""
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be plain JSON data (str, numbers, lists, dicts): {exc}") from None
 
+
+def write_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str], overwrite: bool = False) -> Path:
+    """Write ``tensors`` {name: CPU tensor} and string ``metadata`` to ``path`` atomically, byte-reproducibly.
+
+    safetensors serialises its header from a hash map, so the same tensors and metadata can come out in
+    another key order (other bytes) from one save to the next. The header is re-written here with sorted
+    keys (padded with spaces to 8 bytes, as the format requires); data offsets are unchanged.
+    """
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = int.from_bytes(raw[:8], "little")
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(len(header).to_bytes(8, "little"))
+            fh.write(header)
+            fh.write(memoryview(raw)[8 + n:])
+    return Path(path)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
+    """Write ``model``'s state dict and config to ``path`` (.safetensors) atomically.
+
+    The same weights, config and ``extra`` (JSON data) give the same bytes in any process.
+    """
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError("only keepset networks (with a .config) can be checkpointed; build one with build_model")
+    meta = {"keepset_config": _metadata_json(config, "the model's config"),
+            "keepset_extra": _metadata_json(extra or {}, "extra")}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {"keepset_config": json.dumps(config), "keepset_extra": json.dumps(extra or {})}
-    with atomic_path(path, overwrite=True) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
+    return write_safetensors(path, tensors, meta, overwrite=True)
 
 
 def read_safetensors(path: str | Path, what: str = "checkpoint") -> tuple[dict, dict]:

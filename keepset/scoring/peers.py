@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keepset._checks import check_labels
+from keepset._checks import check_class_labels, check_labels, check_nonempty_array
 
 
 def _cleanlab():
@@ -42,9 +42,10 @@ def out_of_sample_probs(features, labels, *, n_folds: int = 5, seed: int = 0, ep
     x = np.asarray(features, dtype=np.float32)
     if x.ndim != 2 or not np.isfinite(x).all():
         raise ValueError(f"features must be a finite [N, d] array, got shape {x.shape}")
-    y = check_labels(labels)
+    y = check_class_labels(labels)  # K = max + 1 <= N: a label 10^9 must not allocate [N, 10^9] probabilities
     if y.shape != (len(x),):
         raise ValueError(f"labels must have shape ({len(x)},), got {y.shape}")
+    check_nonempty_array(len(y), "labels", "score")
     k = int(y.max()) + 1
     if int(n_folds) < 2:
         raise ValueError(f"n_folds must be >= 2, got {n_folds}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keepset._checks import check_ratio, check_scores
+from keepset._checks import check_nonempty_array, check_ratio, check_scores
 from keepset.selection.topk import n_to_keep
 
 
@@ -23,9 +23,12 @@ def ccs_budgets(bin_counts, budget: int) -> np.ndarray:
     Bins are visited from the sparsest up (ties: lower bin index first); each takes
     ``min(count, floor(remaining / bins_left))``.
     """
-    counts = np.asarray(bin_counts, dtype=np.int64)
-    if counts.ndim != 1 or (counts < 0).any():
-        raise ValueError("bin_counts must be a 1-D array of non-negative counts")
+    raw = np.asarray(bin_counts)
+    if raw.ndim != 1 or raw.dtype.kind not in "iu" or (raw < 0).any():
+        raise ValueError(f"bin_counts must be a 1-D array of non-negative integer counts, got {raw.dtype} {raw.shape}")
+    counts = raw.astype(np.int64)
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)):
+        raise ValueError(f"budget must be an integer number of samples, got {budget!r}")
     if budget < 0 or budget > counts.sum():
         raise ValueError(f"budget {budget} must be in [0, {int(counts.sum())}] (the samples in the bins)")
     take = np.zeros(len(counts), dtype=np.int64)
@@ -50,11 +53,17 @@ def ccs_select(scores, ratio: float, *, hard_cutoff: float = 0.0, n_strata: int 
     Returns bool [N] with exactly ``round(ratio * N)`` True.
     """
     s = check_scores(scores)
+    check_nonempty_array(len(s), "scores")
     ratio = check_ratio(ratio)
-    if not 0.0 <= float(hard_cutoff) < 1.0:
-        raise ValueError(f"hard_cutoff must be in [0, 1), got {hard_cutoff}")
-    if int(n_strata) < 1:
-        raise ValueError(f"n_strata must be >= 1, got {n_strata}")
+    try:
+        cutoff_ok = 0.0 <= float(hard_cutoff) < 1.0
+    except (TypeError, ValueError):
+        cutoff_ok = False
+    if not cutoff_ok:
+        raise ValueError(f"hard_cutoff must be a number in [0, 1) (the fraction of hardest samples dropped), "
+                         f"got {hard_cutoff!r}")
+    if isinstance(n_strata, bool) or not isinstance(n_strata, (int, np.integer)) or n_strata < 1:
+        raise ValueError(f"n_strata must be an integer >= 1 (the number of score bins), got {n_strata!r}")
     if hardest not in ("high", "low"):
         raise ValueError(f"hardest must be 'high' or 'low', got {hardest!r}")
     n = len(s)

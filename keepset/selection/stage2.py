@@ -52,6 +52,14 @@ def aggregate_votes(decisions, *, vote: str = "majority", weights=None, unseen: 
     d = np.asarray(decisions)
     if d.ndim != 2:
         raise ValueError(f"decisions must be [E, N], got shape {d.shape}")
+    if d.dtype != np.bool_:
+        if d.dtype.kind not in "iuf":
+            raise ValueError(f"decisions must hold 1 (keep), 0 (drop) or -1 (not seen), got dtype {d.dtype}")
+        bad = (d != 1) & (d != 0) & (d != -1)  # NaN is bad too
+        if bad.any():
+            shown = [v if v == v else "NaN" for v in d[bad][:3].tolist()]
+            raise ValueError(f"decisions must hold only 1 (keep), 0 (drop) or -1 (not seen); found {int(bad.sum())} "
+                             f"other values (e.g. {shown}), first at row, column {np.argwhere(bad)[0].tolist()}")
     w = _row_weights(d.shape[0], vote, weights)
     return _decide((w[:, None] * (d == 1)).sum(0), (w[:, None] * (d >= 0)).sum(0), unseen)
 

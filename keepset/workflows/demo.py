@@ -65,10 +65,6 @@ class DemoConfig:
                              vote=self.vote, seed=self.seed, device=self.device, progress=self.progress).validate()
 
 
-def _detection(corrupted: np.ndarray, flagged: np.ndarray) -> dict:
-    return detection_metrics(flagged, corrupted)
-
-
 def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Run the demo and write its run folder ``cfg.out`` (whole, atomically). Returns the summary dict."""
     t0 = time.perf_counter()
@@ -104,8 +100,8 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         acc = {"sgd": accuracy(sgd_model, eval_x, test_set.labels),
                "gradmimic": accuracy(result.model, eval_x, test_set.labels),
                "reference": accuracy(result.reference_net, x_test, test_set.labels)}
-        det = _detection(corrupted, ~result.keep)
-        det["auroc"] = auroc(-result.columns["mimic_mean"].astype(np.float64), corrupted)
+        det = detection_metrics(corrupted, ~result.keep)
+        det["auroc"] = auroc(corrupted, -result.columns["mimic_mean"].astype(np.float64))
         quality = dict(result.quality)
         quality["true"] = float(1.0 - corrupted.mean())
         quality["error"] = quality_error(quality["estimated"], quality["true"])
