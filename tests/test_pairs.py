@@ -163,8 +163,8 @@ def test_uid_to_u64_agrees_with_python_ints():
     uids = _uids(50, 3) + ["FFFFFFFFFFFFFFFF0000000000000001"]
     hi, lo = uid_to_u64(np.array(uids))
     assert hi.tolist() == [int(u[:16], 16) for u in uids] and lo.tolist() == [int(u[16:], 16) for u in uids]
-    with pytest.raises(ValueError, match="2 uids are not 32 hex digits"):
-        uid_to_u64(np.array(["abc", "g" * 32, uids[0]]))
+    with pytest.raises(ValueError, match="3 uids are not 32 hex digits"):
+        uid_to_u64(np.array(["abc", "g" * 32, uids[0], "\u00e9" * 16 + "0" * 16]))
 
 
 def test_fingerprint_follows_content(tmp_path):
@@ -431,7 +431,7 @@ def test_hf_saved_with_datasets(tmp_path):
 @pytest.mark.parametrize("spec,match", [
     ("", "empty pair spec"), ("parquet:/x", "unknown pair spec"), ("datacomp:", "unknown pair spec"),
     ("hf:/x?colour=red", "unknown option 'colour' for hf"), ("wds:/x?size=big", "size must be an integer"),
-    ("datacomp:/x?embeddings", "bad options"),
+    ("datacomp:/x?embeddings", "bad options"), ("hf:/x?id=", "option 'id' in pair spec 'hf:/x\\?id=' has no value"),
 ])
 def test_load_pairs_bad_specs(spec, match):
     with pytest.raises(ValueError, match=match) as err:

@@ -18,14 +18,14 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from keepset.cli import bench, demo, score, select
+    from keepset.cli import bench, demo, make_pool, score, select
 
     parser = argparse.ArgumentParser(
         prog="keepset", description="Score how useful every training sample is and decide which samples to keep.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"keepset {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, score, select, bench):
+    for module in (demo, score, select, bench, make_pool):
         module.add_parser(sub)
     return parser
 

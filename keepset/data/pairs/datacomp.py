@@ -44,7 +44,10 @@ def uid_to_u64(uids, where: str = "") -> tuple[np.ndarray, np.ndarray]:
     arr = np.asarray(uids)
     if arr.dtype.kind not in "US" and len(arr):
         raise ValueError(f"uids{where} must be strings of 32 hex digits, got dtype {arr.dtype}")
-    b = arr.astype("S")
+    try:
+        b = arr.astype("S")
+    except UnicodeEncodeError:  # non-ASCII: never hex; encoded, such uids are longer than 32 bytes or non-hex
+        b = np.char.encode(arr.astype(str), "utf-8")
     ok = np.char.str_len(b) == 32 if len(b) else np.zeros(0, bool)
     fixed = np.zeros(len(b), dtype="S32")
     fixed[ok] = b[ok]

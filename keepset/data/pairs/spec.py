@@ -53,12 +53,14 @@ def load_pairs(spec: str, **kwargs) -> PairSource:
     options = dict(kwargs)
     if query:
         try:
-            pairs = parse_qsl(query, keep_blank_values=False, strict_parsing=True)
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
         except ValueError:
             raise ValueError(f"bad options {query!r} in pair spec {spec!r}; write them as key=value&key=value") from None
         for key, value in pairs:
             if key not in _OPTIONS[kind]:
                 raise ValueError(f"unknown option {key!r} for {kind}: sources; accepted: {sorted(_OPTIONS[kind])}")
+            if not value:
+                raise ValueError(f"option {key!r} in pair spec {spec!r} has no value; write {key}=VALUE")
             target = _OPTIONS[kind][key]
             value = _parse_value(key, value)
             if target in options and options[target] != value:
