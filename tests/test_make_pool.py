@@ -184,3 +184,37 @@ def test_too_many_pairs_and_cli_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("keepset make-pool: error: the swapped fraction must be in [0, 1]") and "\n" not in err
     assert not (tmp_path / "q").exists() and not (tmp_path / "p").exists()
+
+
+def test_writers_are_deterministic_and_readable_by_plain_tools(tmp_path):
+    import tarfile
+    import time
+
+    from keepset.io.pairs import encode_png, write_npz, write_wds_shard
+
+    arrays = {"image_emb": np.arange(12, dtype=np.float32).reshape(3, 4), "text_emb": np.ones((3, 2), np.float16)}
+    write_npz(tmp_path / "a.npz", arrays)
+    time.sleep(2.1)  # np.savez stamps zip entries with the time (2 s resolution); write_npz must not
+    write_npz(tmp_path / "b.npz", arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "a.npz", allow_pickle=False) as z:
+        assert sorted(z.files) == ["image_emb", "text_emb"]
+        assert all(np.array_equal(z[k], v) and z[k].dtype == v.dtype for k, v in arrays.items())
+    with pytest.raises(ValueError, match="dtype object"):
+        write_npz(tmp_path / "c.npz", {"x": np.array([{}], dtype=object)})
+    with pytest.raises(FileExistsError):
+        write_npz(tmp_path / "a.npz", arrays)
+
+    img = np.random.default_rng(0).integers(0, 256, size=(1, 5, 4), dtype=np.uint8)
+    samples = [("k2", {"txt": b"two", "png": encode_png(img)}), ("k1", {"txt": b"one", "png": encode_png(img)})]
+    write_wds_shard(tmp_path / "s.tar", samples)
+    write_wds_shard(tmp_path / "t.tar", samples[::-1])
+    assert (tmp_path / "s.tar").read_bytes() == (tmp_path / "t.tar").read_bytes()
+    with tarfile.open(tmp_path / "s.tar") as tf:
+        members = tf.getmembers()
+        assert [m.name for m in members] == ["k1.png", "k1.txt", "k2.png", "k2.txt"]
+        assert all(m.mtime == 0 and m.uid == 0 and m.isfile() for m in members)
+        from PIL import Image
+        import io
+
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(tf.extractfile("k1.png").read()))), img[0])

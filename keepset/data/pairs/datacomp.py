@@ -139,6 +139,7 @@ class DataCompSource(PairSource):
     # ------------------------------------------------------------ validation
     def _resolve_embeddings(self, choice: str) -> tuple[str | None, tuple[str, str] | None]:
         headers = {s: _npz_headers(p) for s, p in self._npz.items()}
+        self.image_dim = self.text_dim = None
         if not headers:
             return None, None
         if choice == "auto":
