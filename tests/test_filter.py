@@ -120,3 +120,43 @@ def test_bad_input_is_refused_before_any_work(own_data, tmp_path, capsys):
         assert words in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["strangers.npy"]  # no output folder was created
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_make_noisy_copy_then_filter_reports_detection_against_the_recorded_corruption(tmp_path, capsys):
+    ids = load_spec("digits").ids
+    trusted = np.random.default_rng(0).choice(ids, 300, replace=False)
+    np.save(tmp_path / "trusted.npy", trusted)
+    copy = tmp_path / "noisy.npz"
+    assert main(["make-noisy", "--data", "digits", "--noise", "0.3", "--exclude-ids", str(tmp_path / "trusted.npy"),
+                 "--out", str(copy)]) == 0
+    with np.load(copy) as z:
+        corrupted, labels, true_labels, copy_ids = z["corrupted"], z["labels"], z["true_labels"], z["ids"]
+        assert z["images"].shape == (1797, 1, 8, 8)
+    assert np.array_equal(corrupted, labels != true_labels)
+    assert not corrupted[np.isin(copy_ids, trusted)].any()  # the excluded samples are untouched
+    assert abs(corrupted[~np.isin(copy_ids, trusted)].mean() - 0.3) < 0.01
+    out = tmp_path / "run"
+    assert main(["filter", "--data", f"npz:{copy}", "--trusted-ids", str(tmp_path / "trusted.npy"), "--out", str(out),
+                 "--quiet"]) == 0
+    assert "against the recorded corruption" in capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    t = read_score_table(out / "scores.parquet")
+    truth = dict(zip(copy_ids.tolist(), corrupted.tolist()))
+    c = np.array([truth[i] for i in t["id"]])
+    flagged = ~t["keep"]
+    assert s["detection"]["precision"] == pytest.approx((flagged & c).sum() / flagged.sum())
+    assert s["detection"]["recall"] == pytest.approx((flagged & c).sum() / c.sum())
+    assert s["detection"]["f1"] > 0.85 and s["quality"]["true"] == pytest.approx(1 - c.mean())
+    # damaged images are recorded the same way
+    assert main(["make-noisy", "--data", "digits", "--damage", "blank", "--damage-fraction", "0.1",
+                 "--out", str(tmp_path / "blank.npz")]) == 0
+    with np.load(tmp_path / "blank.npz") as z:
+        assert z["corrupted"].sum() == round(0.1 * 1797) and (z["labels"] == z["true_labels"]).all()
+        blanked = z["images"][z["corrupted"]]
+        assert np.allclose(blanked, blanked[:, :, :1, :1])  # each damaged image is one constant
+    for argv, words in ((["--noise", "0"], "nothing to corrupt"), (["--noise", "1.2"], "[0, 1)"),
+                        (["--damage-fraction", "0.2"], "needs --damage"), (["--noise", "0.2", "--out", "x.txt"], ".npz")):
+        full = ["make-noisy", "--data", "digits", "--out", str(tmp_path / "y.npz")] + argv
+        assert main(full) == 2
+        assert words in capsys.readouterr().err
+    assert not (tmp_path / "y.npz").exists()

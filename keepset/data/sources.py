@@ -447,28 +447,37 @@ def _npz_ids(raw: np.ndarray, n: int, path: Path) -> np.ndarray:
 
 
 def load_npz_set(path: str | Path) -> SampleSet:
-    """A ``.npz`` with ``features`` [N, d], ``labels`` [N], optional ``ids`` [N], ``class_names`` [K], ``captions`` [N].
+    """A ``.npz`` with ``features`` [N, d] or ``images`` [N, C, H, W] / [N, H, W] (floats in [0, 1]), ``labels``
+    [N], optional ``ids`` [N], ``class_names`` [K], ``captions`` [N], and, for copies with known corruption
+    (``keepset make-noisy``), ``true_labels`` [N] and ``corrupted`` [N] bool (evaluation only).
 
     Labels must be class indices 0..K-1; without ``class_names`` the classes are "0".."K-1" with
     K = max label + 1, refused when K exceeds N (remap sparse labels, or store ``class_names``).
     """
-    path = _require(Path(path), "feature file", "Give an .npz with `features` and `labels` arrays.")
+    path = _require(Path(path), "feature file", "Give an .npz with `features` (or `images`) and `labels` arrays.")
     arrays = _npz_arrays(path)
-    for key in ("features", "labels"):
-        if key not in arrays:
-            raise ValueError(f"{path} has no `{key}` array (found: {sorted(arrays)}); save it with "
-                             "np.savez(path, features=..., labels=...)")
-    x = arrays["features"]
+    if "features" in arrays and "images" in arrays:
+        raise ValueError(f"{path} holds both `features` and `images`; keep one of them")
+    key = "images" if "images" in arrays else "features"
+    for k in (key, "labels"):
+        if k not in arrays:
+            raise ValueError(f"{path} has no `{k}` array (found: {sorted(arrays)}); save it with "
+                             "np.savez(path, features=..., labels=...) or np.savez(path, images=..., labels=...)")
+    x = arrays[key]
     if x.dtype.kind not in "biuf":
-        raise ValueError(f"`features` in {path} must be numbers, got dtype {x.dtype}")
-    if x.ndim != 2:
-        raise ValueError(f"`features` in {path} must be 2-D [N, d], got shape {x.shape}")
+        raise ValueError(f"`{key}` in {path} must be numbers, got dtype {x.dtype}")
+    if key == "images" and x.ndim == 3:
+        x = x[:, None]
+    if key == "features" and x.ndim != 2:
+        raise ValueError(f"`features` in {path} must be 2-D [N, d], got shape {x.shape}; store images as `images`")
+    if key == "images" and x.ndim != 4:
+        raise ValueError(f"`images` in {path} must be [N, C, H, W] or [N, H, W], got shape {x.shape}")
     n = len(x)
     check_not_empty(n, f"{path}", "`features` has 0 rows")
     x = x.astype(np.float32)
     if not np.isfinite(x).all():
-        bad = ~np.isfinite(x).all(axis=1)
-        raise ValueError(f"`features` in {path} holds NaN or inf values in {int(bad.sum())} rows (first at "
+        bad = ~np.isfinite(x.reshape(n, -1)).all(axis=1)
+        raise ValueError(f"`{key}` in {path} holds NaN or inf values in {int(bad.sum())} rows (first at "
                          f"{np.flatnonzero(bad)[:5].tolist()}); clean them first")
     y = check_labels(arrays["labels"], name=f"`labels` in {path}")
     if len(y) != n:
@@ -483,4 +492,15 @@ def load_npz_set(path: str | Path) -> SampleSet:
         if cap.ndim != 1 or len(cap) != n or cap.dtype.kind not in "US":
             raise ValueError(f"`captions` in {path} must be {n} strings, got dtype {cap.dtype} shape {cap.shape}")
         captions = [str(c) for c in cap.astype(str)]
-    return SampleSet(ids=ids, labels=y, class_names=names, inputs=x, captions=captions, name=f"npz:{path}")
+    true_labels = corrupted = None
+    if "true_labels" in arrays:
+        true_labels = check_labels(arrays["true_labels"], len(names), name=f"`true_labels` in {path}")
+        if len(true_labels) != n:
+            raise ValueError(f"{path} has {n} rows but {len(true_labels)} `true_labels`")
+    if "corrupted" in arrays:
+        corrupted = arrays["corrupted"]
+        if corrupted.dtype != np.bool_ or corrupted.shape != (n,):
+            raise ValueError(f"`corrupted` in {path} must be {n} booleans, got dtype {corrupted.dtype} "
+                             f"shape {corrupted.shape}")
+    return SampleSet(ids=ids, labels=y, class_names=names, inputs=x, captions=captions, name=f"npz:{path}",
+                     true_labels=true_labels, corrupted=corrupted)

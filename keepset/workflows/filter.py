@@ -355,6 +355,14 @@ def write_run(out: Path, result: FilterResult, samples: SampleSet, *, data_spec:
     columns.update(known)
     columns.update(extra_columns or {})
     columns["keep"] = result.keep
+    truth = {}
+    if samples.corrupted is not None:  # a copy with recorded corruption: measure the filter against it
+        from keepset.evaluation import auroc, detection_metrics, quality_error
+
+        truth["detection"] = detection_metrics(samples.corrupted, ~result.keep)
+        truth["detection"]["auroc"] = auroc(samples.corrupted, -result.columns["mimic_mean"].astype(np.float64))
+        truth["quality"] = {**result.quality, "true": float(1 - samples.corrupted.mean())}
+        truth["quality"]["error"] = quality_error(truth["quality"]["estimated"], truth["quality"]["true"])
     write_score_table(out / "scores.parquet", result.ids, columns, labels=result.labels,
                       metadata={"data": data_spec, "class_names": list(samples.class_names), "method": method})
     write_keep_list(out / "keep.npy", result.ids[result.keep])
@@ -377,6 +385,7 @@ def write_run(out: Path, result: FilterResult, samples: SampleSet, *, data_spec:
         "setting": result.setting, "lr": result.lr, "warnings": list(result.warnings),
         "keep_list": ("keep.npy holds the ids of the filtered samples Stage 2 keeps" +
                       ("; the trusted samples (trusted.npy) are clean: keep them too" if trusted_inside else "")),
+        **truth,
         **(extra_summary or {}),
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -402,10 +411,15 @@ def format_summary(s: dict) -> str:
              f"(corrected for its held-out error)")
     rows = [("data", s["data"]),
             ("samples", f"{s['n']} filtered, {s['n_trusted']} trusted ({s['n_holdout']} held out)"),
-            ("dataset quality", f"estimated {q['estimated']:.3f}"),
+            ("dataset quality", f"estimated {q['estimated']:.3f}"
+             + (f" | true {q['true']:.3f} (recorded corruption)" if "true" in q else "")),
             ("quality check", check),
-            ("kept", f"{s['kept']} of {s['n']} ({s['flagged']} flagged)"),
-            ("time", f"{s['seconds']} s")]
+            ("kept", f"{s['kept']} of {s['n']} ({s['flagged']} flagged)")]
+    if s.get("detection"):
+        d = s["detection"]
+        rows.append(("detection", f"precision {d['precision']:.3f} recall {d['recall']:.3f} F1 {d['f1']:.3f} "
+                                  f"AUROC {d['auroc']:.3f} (against the recorded corruption)"))
+    rows.append(("time", f"{s['seconds']} s"))
     rows += [("warning", w) for w in s.get("warnings", [])]
     width = max(len(r[0]) for r in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
