@@ -97,11 +97,15 @@ class DynamicsRecorder:
             self._write_meta()
 
     @classmethod
-    def open(cls, directory: str | Path) -> "DynamicsRecorder":
-        """Open recorded dynamics for reading (the files are never modified)."""
+    def open(cls, directory: str | Path) -> "DynamicsRecorder | MergedLogs":
+        """Open recorded dynamics for reading (the files are never modified). A folder of per-process logs
+        (``rank-NNNNN/``, as ``GradMimic`` writes under DDP) opens as one log merged in step order."""
         d = Path(directory)
         if not d.exists():
             raise FileNotFoundError(f"no recorded dynamics at {d}")
+        ranks = sorted(p for p in d.glob("rank-*") if (p / META_FILE).exists())
+        if ranks and not (d / META_FILE).exists():
+            return MergedLogs([cls.open(p) for p in ranks])
         if not (d / META_FILE).exists():
             raise FileNotFoundError(f"{d} holds no recorded dynamics ({META_FILE} is missing); record them with "
                                     "keepset.GradMimic(record_to=...) or DynamicsRecorder(directory=...)")
@@ -233,6 +237,85 @@ class DynamicsRecorder:
             return {c: (empty_id if c == "id" else np.zeros(0, np.int64 if c == "step" else
                                                                np.int32 if c == "epoch" else np.float32))
                     for c in cols}
+        return {c: np.concatenate([ch[c] for ch in chunks]) for c in cols}
+
+
+class MergedLogs:
+    """Several logs of one run (one per DDP rank) read as one, in step order: the records of step s from
+    every rank form the global batch s. Same reading API as ``DynamicsRecorder`` (read-only)."""
+
+    read_only = True
+
+    def __init__(self, logs: Sequence[DynamicsRecorder]):
+        if not logs:
+            raise ValueError("no logs to merge")
+        fields = {tuple(log.fields) for log in logs}
+        kinds = {log.id_kind for log in logs} - {None}
+        if len(fields) != 1 or len(kinds) > 1:
+            raise ValueError(f"the per-rank logs disagree on their fields {sorted(fields)} or id types {sorted(kinds)}; "
+                             "they are not one run")
+        self.logs, self.fields = list(logs), logs[0].fields
+        self.id_kind = next(iter(kinds), None)
+        self.directory = logs[0].directory.parent if logs[0].directory is not None else None
+
+    @property
+    def n_records(self) -> int:
+        return sum(log.n_records for log in self.logs)
+
+    @property
+    def next_step(self) -> int:
+        return max(log.next_step for log in self.logs)
+
+    def iter_chunks(self, columns: Sequence[str] | None = None, rows: int = DEFAULT_CHUNK_ROWS
+                    ) -> Iterator[dict[str, np.ndarray]]:
+        """The records of every log merged by step (each log is in step order), chunk by chunk."""
+        cols = list(columns) if columns is not None else [*BASE_COLUMNS, *self.fields]
+        read = cols if "step" in cols else [*cols, "step"]
+        streams = [log.iter_chunks(read, rows) for log in self.logs]
+        buffers: list[dict | None] = [None] * len(streams)
+        live = [True] * len(streams)
+        while True:
+            for k, it in enumerate(streams):  # every live stream holds at least one record
+                while live[k] and (buffers[k] is None or not len(buffers[k]["step"])):
+                    nxt = next(it, None)
+                    if nxt is None:
+                        live[k] = False
+                    else:
+                        buffers[k] = nxt if buffers[k] is None else {c: np.concatenate([buffers[k][c], nxt[c]])
+                                                                         for c in read}
+            held = [k for k in range(len(streams)) if buffers[k] is not None and len(buffers[k]["step"])]
+            if not held:
+                return
+            # steps below every live stream's last buffered step are complete in every stream
+            bound = min((int(buffers[k]["step"][-1]) for k in held if live[k]), default=None)
+            parts = []
+            for k in held:
+                take = buffers[k]["step"] < bound if bound is not None else np.ones(len(buffers[k]["step"]), bool)
+                if bound is not None and not take.any() and live[k]:
+                    continue
+                parts.append({c: buffers[k][c][take] for c in read})
+                buffers[k] = {c: buffers[k][c][~take] for c in read}
+            if bound is not None and not any(len(p["step"]) for p in parts):
+                # the lowest stream ends its buffer exactly at the bound: read more of the streams at the bound
+                for k in held:
+                    if live[k] and int(buffers[k]["step"][-1]) == bound:
+                        nxt = next(streams[k], None)
+                        if nxt is None:
+                            live[k] = False
+                        else:
+                            buffers[k] = {c: np.concatenate([buffers[k][c], nxt[c]]) for c in read}
+                continue
+            merged = {c: np.concatenate([p[c] for p in parts]) for c in read}
+            order = np.argsort(merged["step"], kind="stable")
+            for s in range(0, len(order), rows):
+                sel = order[s:s + rows]
+                yield {c: merged[c][sel] for c in cols}
+
+    def read(self, columns: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        cols = list(columns) if columns is not None else [*BASE_COLUMNS, *self.fields]
+        chunks = list(self.iter_chunks(cols))
+        if not chunks:
+            return self.logs[0].read(cols)
         return {c: np.concatenate([ch[c] for ch in chunks]) for c in cols}
 
 

@@ -53,6 +53,36 @@ RECORD_FIELDS = ("mimic", "mimic_normed", "weight")
 APPLY_TO = ("layers", "all")
 
 
+class _Normaliser:
+    """The softmax of a batch's scores over the batch, or, under DDP, over the global batch of every rank
+    (two all-reduces of scalars on a process group of its own, so DDP's gradient buckets are never mixed in)."""
+
+    def __init__(self, ddp=None):
+        self.group, self.world, self.comm_device = None, 1, None
+        if ddp is not None:
+            import torch.distributed as dist
+
+            ranks = dist.get_process_group_ranks(ddp.process_group)
+            self.group = dist.new_group(ranks=ranks)
+            self.world = len(ranks)
+            self.comm_device = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
+
+    def softmax(self, score: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
+        """(softmax of score / temperature over the (global) batch [B], the (global) batch size)."""
+        z = score / temperature
+        if self.group is None:
+            return torch.softmax(z, dim=0), float(len(z))
+        import torch.distributed as dist
+
+        top = z.max().detach().to(self.comm_device, torch.float64).reshape(1)
+        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=self.group)
+        e = torch.exp(z - top.to(z.device, z.dtype))
+        stats = torch.stack([e.sum().double(), torch.tensor(float(len(z)), dtype=torch.float64, device=z.device)])
+        stats = stats.detach().to(self.comm_device)
+        dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=self.group)
+        return e / stats[0].to(z.device, z.dtype), float(stats[1])
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DistributedDataParallel / DataParallel wrapper (the model itself otherwise)."""
     from torch.nn.parallel import DataParallel, DistributedDataParallel
@@ -170,7 +200,7 @@ class GradMimic(OnlineMethod):
         self.reference, self.layers, self.method = reference, layers, method
         self.temperature, self.reweight, self.start_epoch = temperature, bool(reweight), int(start_epoch)
         self.apply_to, self.fused = apply_to, bool(fused)
-        self.recorder = self._make_recorder(record_to, resume)
+        self.recorder = self._make_recorder(_rank_folder(record_to), resume)
         if self.recorder is not None:
             self.step = self.recorder.next_step
         self.names: list[str] = []
@@ -183,6 +213,7 @@ class GradMimic(OnlineMethod):
         self._handles: list = []
         self._armed: _Pending | None = None
         self._trainable: list[str] = []
+        self._norm = _Normaliser()
 
     @staticmethod
     def _make_recorder(record_to, resume: bool):
@@ -211,6 +242,9 @@ class GradMimic(OnlineMethod):
         self.names = names
         self._trainable = [n for n, p in params.items() if p.requires_grad]
         self._model = inner
+        from torch.nn.parallel import DistributedDataParallel
+
+        self._norm = _Normaliser(model if isinstance(model, DistributedDataParallel) else None)
         self._covered = self._fused_plan(inner) if self.fused else None
         if self._covered is not None:
             mods = dict(inner.named_modules())
@@ -363,10 +397,13 @@ class GradMimic(OnlineMethod):
     def _active(self) -> bool:
         return self.reweight and self.epoch >= self.start_epoch
 
-    def _weights(self, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        normed = torch.softmax(score / self.temperature, dim=0)
-        w = normed if self._active() else torch.full_like(normed, 1.0 / len(normed))
-        return normed, w
+    def _weights(self, score: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(softmax over the (global) batch, the weights applied, the per-sample factors ``u`` of the correction
+        ``sum_i u_i g_i`` to add to this process's mean gradient). Under DDP, which averages the R ranks'
+        gradients, ``u_i = R w_i - 1/B_rank`` makes the average the global ``sum_i w_i g_i``."""
+        normed, b_global = self._norm.softmax(score, self.temperature)
+        w = normed if self._active() else torch.full_like(normed, 1.0 / b_global)
+        return normed, w, self._norm.world * w - 1.0 / b
 
     def _record(self, ids, step: int, epoch: int, score, normed, w) -> None:
         self.last_scores, self.last_weights = score.detach(), w.detach()
@@ -391,11 +428,11 @@ class GradMimic(OnlineMethod):
         dots, sq = layer_terms(layers, self._covered, v, self.method == "cos")
         score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if self.method == "cos" else None,
                                   direction_norm(v), self.method)
-        normed, w = self._weights(score)
+        normed, w, u = self._weights(score, pending.b)
         self._record(pending.ids, pending.step, pending.epoch, score, normed, w)
         if not self._active():
             return none
-        u = (w - 1.0 / pending.b) * pending.multiplier  # sum_i u_i g_i = multiplier * sum_i (w_i - 1/B) g_i
+        u = u * pending.multiplier  # sum_i u_i g_i = multiplier * sum_i (w_i - 1/B) g_i on one process
         params = dict(self._model.named_parameters())
         out = {}
         for m, parts in self._covered.items():
@@ -426,18 +463,30 @@ class GradMimic(OnlineMethod):
                                  "computes for tensor inputs only; score nn.Linear / nn.Conv2d layers instead")
             dots, norms = alignment_terms(inner, x, y, v, self.loss_fn, need_norms)
         score = scores_from_terms(dots, norms, v_norm, self.method)
-        normed, w = self._weights(score)
+        normed, w, u = self._weights(score, b)
         self._record(ids, self.step - 1, self.epoch, score, normed, w)
         if not self._active():
             return losses.mean()
-        w = w.detach().to(losses)
+        u = u.detach().to(losses)
         if self.apply_to == "all":
-            return (w * losses).sum()
+            return losses.mean() + (u * losses).sum()
         params = dict(inner.named_parameters())
         leaves = self._correction_leaves(params)
-        corr = torch.autograd.grad(((w - 1.0 / b) * losses).sum(), [params[n] for n in leaves], retain_graph=True,
+        corr = torch.autograd.grad((u * losses).sum(), [params[n] for n in leaves], retain_graph=True,
                                    allow_unused=True)
         return losses.mean() + _AddGrads.apply(list(corr), *[params[n] for n in leaves])
+
+
+def _rank_folder(record_to):
+    """Under torch.distributed with several processes, each rank records into ``record_to/rank-NNNNN``
+    (``DynamicsRecorder.open(record_to)`` reads them back merged in step order)."""
+    if record_to is None or isinstance(record_to, DynamicsRecorder):
+        return record_to
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return Path(record_to) / f"rank-{dist.get_rank():05d}"
+    return record_to
 
 
 def _set_multiplier(pending: _Pending, grad: torch.Tensor, factor: float) -> None:
