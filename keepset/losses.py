@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -93,6 +94,93 @@ def clip_loss(outputs, y: Any = None, *, logit_scale: float | torch.Tensor | Non
         raise ValueError(f"the logit scale must be a positive finite number, got {scale!r}")
     sim = scale * (F.normalize(img, dim=1) @ F.normalize(txt, dim=1).t())
     return 0.5 * (torch.logsumexp(sim, 1) + torch.logsumexp(sim, 0)) - sim.diagonal()
+
+
+@dataclass
+class PairJacobian:
+    """The Jacobian of a loss vector L [B] w.r.t. one tower's embeddings z [B, d], in factored form:
+
+        dL_i / dz_a = [a == i] diag_i + beta[a, i] partner_i - gamma[a, i] own_a
+
+    diag, partner, own : [B, d]; beta, gamma : [B, B] (indexed [a, i]). For CLIP's loss on the image tower,
+    ``own`` is the normalised image embeddings and ``partner`` the normalised text embeddings (and the other
+    way round for the text tower). B^2 (d + 2) numbers instead of the dense B^2 d.
+    """
+
+    diag: torch.Tensor
+    beta: torch.Tensor
+    partner: torch.Tensor
+    gamma: torch.Tensor
+    own: torch.Tensor
+
+    def dense(self, rows: slice | None = None) -> torch.Tensor:
+        """Rows i of the Jacobian as a dense [len(rows) (i), B (a), d] tensor (all rows by default)."""
+        b = self.diag.shape[0]
+        idx = torch.arange(b, device=self.diag.device)[rows if rows is not None else slice(None)]
+        out = (self.beta[:, idx].t()[:, :, None] * self.partner[idx][:, None, :]
+               - self.gamma[:, idx].t()[:, :, None] * self.own[None, :, :])
+        out[torch.arange(len(idx), device=idx.device), idx] += self.diag[idx]
+        return out
+
+
+def _clip_scale(outputs, logit_scale):
+    if len(outputs) == 3:
+        return float(outputs[2].detach()) if torch.is_tensor(outputs[2]) else float(outputs[2])
+    return DEFAULT_LOGIT_SCALE if logit_scale is None else float(logit_scale)
+
+
+def clip_pair_jacobians(outputs, y: Any = None, *, logit_scale=None) -> list[PairJacobian | torch.Tensor] | None:
+    """``clip_loss``'s Jacobian w.r.t. each of its inputs: [image side, text side] in factored form, and for
+    a third (scale) output ``dL_i / ds`` [B]; None when an embedding is too close to zero for the
+    normalisation's Jacobian to be its smooth form.
+
+    With ``S = s zhat that^T``, row softmax ``Pr`` and column softmax ``Pc`` (over the images of each text),
+    image side (own = zhat, partner = that, rho = ||z||):
+    ``diag_i = (u_i - zhat_i (zhat_i . u_i)) / rho_i`` with ``u_i = s (Pr that / 2 - that)_i``,
+    ``beta[a, i] = s Pc[a, i] / (2 rho_a)``, ``gamma[a, i] = beta[a, i] S[a, i] / s``;
+    the text side is the same with the towers and ``Pr^T`` / ``Pc^T`` swapped.
+    """
+    with torch.no_grad():
+        img, txt = outputs[0].detach(), outputs[1].detach()
+        s = _clip_scale(outputs, logit_scale)
+        rho_i, rho_t = img.norm(dim=1), txt.norm(dim=1)
+        if bool((rho_i <= 1e-12).any()) or bool((rho_t <= 1e-12).any()):
+            return None
+        zi, zt = img / rho_i[:, None], txt / rho_t[:, None]
+        sim = s * (zi @ zt.t())
+        pr, pc = torch.softmax(sim, 1), torch.softmax(sim, 0)
+
+        def side(own, partner, rho, u, alpha, cos):
+            diag = (u - own * (own * u).sum(1, keepdim=True)) / rho[:, None]
+            beta = alpha / rho[:, None]
+            return PairJacobian(diag, beta, partner, beta * cos, own)
+
+        cos = sim / s
+        image = side(zi, zt, rho_i, s * (0.5 * (pr @ zt) - zt), 0.5 * s * pc, cos)
+        text = side(zt, zi, rho_t, s * (0.5 * (pc.t() @ zi) - zi), 0.5 * s * pr.t(), cos.t())
+        if len(outputs) == 2:
+            return [image, text]
+        # dL_i/ds = sum_ak dL_i/dS_ak cos_ak = (sum_k Pr_ik cos_ik + sum_a Pc_ai cos_ai) / 2 - cos_ii
+        return [image, text, 0.5 * ((pr * cos).sum(1) + (pc * cos).sum(0)) - cos.diagonal()]
+
+
+clip_loss.pair_jacobians = clip_pair_jacobians
+
+
+def pair_jacobians_of(loss_fn: Callable | None) -> Callable | None:
+    """``loss_fn``'s factored Jacobian function ``(outputs, y) -> [PairJacobian | None per output] | None`` when
+    it declares one (``loss_fn.pair_jacobians``, as ``clip_loss`` does), with a ``functools.partial``'s
+    keywords passed on; None otherwise."""
+    keywords: dict = {}
+    while isinstance(loss_fn, functools.partial) and getattr(loss_fn, "pair_jacobians", None) is None:
+        if loss_fn.args:
+            return None
+        keywords = {**loss_fn.keywords, **keywords}
+        loss_fn = loss_fn.func
+    fn = getattr(loss_fn, "pair_jacobians", None)
+    if fn is None:
+        return None
+    return functools.partial(fn, **keywords) if keywords else fn
 
 
 def _first_rows(tree, b: int, k: int):

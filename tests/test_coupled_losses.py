@@ -70,6 +70,18 @@ def probe_pair(seed=0, learn_scale=True, bias=True):
     return model, reference, x
 
 
+@pytest.fixture(params=["factored", "cotangents", "loss_backward"])
+def route(request, monkeypatch):
+    """Run a test three ways: projections by the factored closed form and deeper Linear layers from the loss's
+    Jacobian w.r.t. the model's outputs (default); every Linear from those output Jacobians; every Linear from
+    a batched backward through the loss itself (a loss that declares no Jacobian)."""
+    if request.param != "factored":
+        monkeypatch.setattr(sample_gradients, "_factored_layers", lambda *a, **k: {})
+    if request.param == "loss_backward":
+        monkeypatch.setattr(sample_gradients, "_output_jacobians", lambda *a, **k: None)
+    return request.param
+
+
 def direction(model, reference, names):
     ref = dict(reference.named_parameters())
     return {n: (ref[n] - p).detach() for n, p in model.named_parameters() if n in names}
@@ -160,7 +172,7 @@ LAYERS = ["image_proj.weight", "text_mlp.0.weight", "text_proj", "all", None]
 
 @pytest.mark.parametrize("layers", LAYERS, ids=str)
 @pytest.mark.parametrize("method", ["proj", "cos", "normed_proj", "normed_cos"])
-def test_scores_match_per_pair_loop(layers, method):
+def test_scores_match_per_pair_loop(layers, method, route):
     model, reference, x = probe_pair(3)
     names = resolve_layers(model, layers)
     got = mimic_scores(model, reference, x, layers=layers, method=method, temperature=0.5, loss_fn=clip_loss)
@@ -170,7 +182,7 @@ def test_scores_match_per_pair_loop(layers, method):
 
 @pytest.mark.parametrize("path", ["auto", "jvp", "vmap"])
 @pytest.mark.parametrize("layers", ["image_proj.weight", "text_mlp.0.weight", "all"], ids=str)
-def test_every_path_matches_per_pair_loop(path, layers):
+def test_every_path_matches_per_pair_loop(path, layers, route):
     model, reference, x = probe_pair(4)
     names = resolve_layers(model, layers)
     v = direction(model, reference, names)
@@ -197,6 +209,45 @@ def test_independent_shortcut_would_be_wrong():
     assert ((shortcut.double() - want).abs().max() / want.abs().max()) > 0.1
 
 
+def test_factored_jacobian_equals_autograd():
+    torch.manual_seed(12)
+    img, txt, scale = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), torch.tensor(
+        3.0, dtype=torch.float64)
+    want = torch.autograd.functional.jacobian(lambda a, b, c: clip_loss((a, b, c)), (img, txt, scale))
+    image, text, dscale = klosses.clip_pair_jacobians((img, txt, scale))
+    torch.testing.assert_close(image.dense(), want[0])
+    torch.testing.assert_close(text.dense(slice(2, 5)), want[1][2:5])
+    torch.testing.assert_close(dscale, want[2])
+    assert klosses.clip_pair_jacobians((torch.zeros(6, 4), txt)) is None  # a zero embedding: no smooth form
+
+
+def test_projections_take_the_factored_form(monkeypatch):
+    model, reference, x = probe_pair(13)
+    names = resolve_layers(model, ["image_proj", "text_proj"])
+    v = direction(model, reference, names)
+    want_dots, want_norms = loop_terms(model, x, names, v)
+
+    def boom(*a, **k):
+        raise AssertionError("a Jacobian-row path was used")
+
+    monkeypatch.setattr(sample_gradients, "coupled_linear_terms", boom)
+    monkeypatch.setattr(sample_gradients, "_generic_terms", boom)
+    dots, norms = alignment_terms(model, x, None, v, clip_loss, True)
+    close(dots, want_dots)
+    close(norms, want_norms)
+
+
+def test_a_fixed_scale_through_functools_partial_is_used(route):
+    model, reference, x = probe_pair(14, learn_scale=False)
+    loss = functools.partial(clip_loss, logit_scale=2.0)
+    names = resolve_layers(model, "all")
+    v = direction(model, reference, names)
+    want_dots, want_norms = loop_terms(model, x, names, v, loss_fn=loss)
+    dots, norms = alignment_terms(model, x, None, v, loss, True)
+    close(dots, want_dots)
+    close(norms, want_norms)
+
+
 def test_linear_layers_take_the_closed_form_not_the_generic_path(monkeypatch):
     model, reference, x = probe_pair(6, learn_scale=False)
     names = resolve_layers(model, "all")  # every parameter is an nn.Linear's
@@ -213,7 +264,7 @@ def test_linear_layers_take_the_closed_form_not_the_generic_path(monkeypatch):
 
 
 @pytest.mark.parametrize("chunk", [1, 700])
-def test_chunked_jacobians_are_exact(chunk, monkeypatch):
+def test_chunked_jacobians_are_exact(chunk, monkeypatch, route):
     """Rows of the Jacobians in chunks of one and of a few rows give the same answer."""
     monkeypatch.setattr(sample_gradients, "CHUNK_ELEMENTS", chunk)
     model, reference, x = probe_pair(7)

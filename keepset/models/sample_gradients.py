@@ -13,9 +13,11 @@ Three exact paths (``path=``), none with a Python loop over samples:
 - ``"auto"`` (default): ``nn.Linear`` / ``nn.Conv2d`` parameters from one forward and one backward
   of ``sum_i L_i`` through the layer identities (``keepset.models.layer_identities``), which hold
   because the samples are independent; any other parameter through ``"jvp"`` below.
-  For a coupled loss, ``nn.Linear`` parameters take the coupled closed form
-  (``coupled_linear_terms``: the Jacobian of the loss vector w.r.t. the layer's outputs, from a
-  batched backward through the part of the graph after the layer), every other parameter ``"jvp"``.
+  For a coupled loss, ``nn.Linear`` parameters take a coupled closed form: for a layer whose output is
+  one of the loss's inputs (a projection feeding CLIP's loss) and a loss that declares its factored
+  Jacobian (``clip_loss.pair_jacobians``), ``factored_linear_terms`` ([B, B] products only); for any
+  other Linear, ``coupled_linear_terms`` (the Jacobian of the loss vector w.r.t. the layer's outputs,
+  from a batched backward through the part of the graph after the layer); every other parameter ``"jvp"``.
 - ``"jvp"``: the numerator of every sample at once as the directional derivative of the loss vector
   along V (forward-mode ``torch.func.jvp``, exact for coupled losses too); the norms, when needed,
   from ``vmap(grad)`` over single samples, or, for a coupled loss, from the rows of the Jacobian of
@@ -36,7 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from keepset.losses import check_declared_coupling, couples_batch, declared_coupling
+from keepset.losses import (
+    PairJacobian, check_declared_coupling, couples_batch, declared_coupling, pair_jacobians_of,
+)
 from keepset.models.layer_identities import (
     ActivationCapture, LayerGrads, batch_coupling_modules, check_batch_independent, covered_modules,
 )
@@ -212,9 +216,52 @@ def layer_terms(layers: dict[str, LayerGrads], covered: dict[str, dict[str, bool
     return dots, sq
 
 
+def _tangent(a: torch.Tensor, z: torch.Tensor, parts: dict[str, bool], v: dict[str, torch.Tensor], name: str
+             ) -> torch.Tensor:
+    """The change of a Linear's output along V: ``V_W a + V_b`` over the scored parts, z's shape (detached)."""
+    c = F.linear(a.detach(), v[f"{name}.weight"].to(a)) if parts["weight"] else torch.zeros_like(z.detach())
+    if parts["bias"]:
+        c = c + v[f"{name}.bias"].to(c)
+    return c.detach()
+
+
+def _output_jacobians(loss_fn, outputs, y) -> list | None:
+    """The loss's Jacobians w.r.t. the model's outputs when it declares them (``pair_jacobians``), else None."""
+    jac_fn = pair_jacobians_of(loss_fn)
+    if jac_fn is None or not isinstance(outputs, (tuple, list)):
+        return None
+    return jac_fn(outputs, y)
+
+
+def _factored_layers(jacs, outputs, calls, covered) -> dict[str, PairJacobian]:
+    """{module name: the loss's factored Jacobian w.r.t. its output} for the covered Linear layers whose output
+    IS one of the loss's inputs (a projection feeding CLIP's loss), when the loss declares ``pair_jacobians``."""
+    if jacs is None or not isinstance(outputs, (tuple, list)):
+        return {}
+    hits = {n: k for n in covered for k, o in enumerate(outputs)
+            if calls[n][1] is o and torch.is_tensor(o) and o.dim() == 2}
+    return {n: jacs[k] for n, k in hits.items() if k < len(jacs) and isinstance(jacs[k], PairJacobian)}
+
+
+def _output_cotangents(outputs, jacobians) -> tuple[list[torch.Tensor], list] | None:
+    """The model's outputs that carry gradients, each with the loss's Jacobian w.r.t. it, when the loss
+    gave one for every such output (else None: the rows must come from a backward through the loss)."""
+    if jacobians is None or not isinstance(outputs, (tuple, list)) or len(jacobians) != len(outputs):
+        return None
+    outs, jacs = [], []
+    for o, j in zip(outputs, jacobians):
+        if not (torch.is_tensor(o) and o.requires_grad):
+            continue
+        if j is None:
+            return None
+        outs.append(o)
+        jacs.append(j)
+    return (outs, jacs) if outs else None
+
+
 def coupled_linear_terms(losses: torch.Tensor, layers: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                         covered: dict[str, dict[str, bool]], v: dict[str, torch.Tensor], need_norms: bool
-                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                         covered: dict[str, dict[str, bool]], v: dict[str, torch.Tensor], need_norms: bool,
+                         *, outputs=None, output_jacobians=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``<-g_i, V>`` [B] and ``||g_i||^2`` [B] (None unless ``need_norms``) of ``nn.Linear`` layers for a loss
     that may couple the batch: exact whatever the coupling.
 
@@ -232,21 +279,17 @@ def coupled_linear_terms(losses: torch.Tensor, layers: dict[str, tuple[torch.Ten
     The numerators alone need no Jacobian: ``sum_l <dL/dz_l, c_l>`` is the directional derivative of the
     loss vector, read off a double backward (two backward passes). The norms need the rows J_i: a batched
     backward (``is_grads_batched``) from the loss vector to the layers' outputs only, in chunks of rows of
-    at most ``CHUNK_ELEMENTS`` elements; then per layer the cheaper of the Gram form (``K = A A^T`` once,
+    at most ``CHUNK_ELEMENTS`` elements. When the loss gives its Jacobian w.r.t. every output of the model
+    (``output_jacobians``, from ``clip_loss.pair_jacobians`` for ``outputs``), the rows start from it instead
+    and the batched backward runs from the outputs through the model only, never through the loss.
+    Then per layer the cheaper of the Gram form (``K = A A^T`` once,
     ``sum(J_i * (K J_i))``: N^2 d_out per row, N = B x positions) and the product ``J_i^T A``
     (N d_out d_in per row), i.e. the Gram form when N < d_in.
     """
     b = losses.shape[0]
     names = list(layers)
     zs = [layers[n][1] for n in names]
-    tangents = []
-    for n in names:
-        a, z = layers[n]
-        parts = covered[n]
-        c = F.linear(a, v[f"{n}.weight"].to(a)) if parts["weight"] else torch.zeros_like(z)
-        if parts["bias"]:
-            c = c + v[f"{n}.bias"].to(c)
-        tangents.append(c.detach())
+    tangents = [_tangent(*layers[n], covered[n], v, n) for n in names]
     dev = losses.device
     if not need_norms:
         w = torch.ones(b, dtype=losses.dtype, device=dev, requires_grad=True)
@@ -274,14 +317,23 @@ def coupled_linear_terms(losses: torch.Tensor, layers: dict[str, tuple[torch.Ten
                 extra = max(extra, d_out * a2.shape[1])
         flat.append((a2, c.reshape(nn_, d_out).float(), gram, d_out, covered[n]["weight"], covered[n]["bias"]))
         per_row += nn_ * d_out
+    route = _output_cotangents(outputs, output_jacobians)
+    if route is not None:
+        per_row += sum(o.numel() for o in route[0])
     step = max(1, CHUNK_ELEMENTS // max(1, per_row + extra))
     dots = torch.zeros(b, dtype=torch.float32, device=dev)
     sq = torch.zeros(b, dtype=torch.float32, device=dev)
     eye = torch.eye(b, dtype=losses.dtype, device=dev)
     for s in range(0, b, step):
         e = eye[s:s + step]
-        js = torch.autograd.grad(losses, zs, grad_outputs=e, is_grads_batched=True, retain_graph=True,
-                                 allow_unused=True)
+        if route is None:
+            js = torch.autograd.grad(losses, zs, grad_outputs=e, is_grads_batched=True, retain_graph=True,
+                                     allow_unused=True)
+        else:
+            cots = [j.dense(slice(s, s + step)).to(o) if isinstance(j, PairJacobian) else
+                    j[s:s + step].reshape((len(e),) + tuple(o.shape)).to(o) for o, j in zip(*route)]
+            js = torch.autograd.grad(route[0], zs, grad_outputs=cots, is_grads_batched=True, retain_graph=True,
+                                     allow_unused=True)
         for j, (a2, c2, gram, d_out, w_scored, b_scored) in zip(js, flat):
             if j is None:
                 continue
@@ -297,6 +349,42 @@ def coupled_linear_terms(losses: torch.Tensor, layers: dict[str, tuple[torch.Ten
                 gb = j.sum(1)
                 sq[s:s + len(e)] += (gb * gb).sum(1)
     return dots, sq
+
+
+def factored_linear_terms(jac: PairJacobian, a: torch.Tensor, c: torch.Tensor, weight: bool, bias: bool,
+                          need_norms: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``<-g_i, V>`` [B] and ``||g_i||^2`` [B] (None unless ``need_norms``) of an ``nn.Linear`` whose output z
+    [B, d] is one of the loss's inputs, from the loss's factored Jacobian ``jac`` w.r.t. z (``PairJacobian``:
+    ``J_ia = [a == i] q_i + beta_ai p_i - gamma_ai o_a``); exact for a coupled loss such as CLIP's.
+
+    a : the layer's input [B, d_in]; c : the change of z along V, ``V_W a_j + V_b`` [B, d];
+    weight / bias : which of the layer's parameters are scored. With ``K = A A^T`` and ``m_i = sum_a beta_ai a_a``:
+
+        g_W,i = q_i a_i^T + p_i m_i^T - sum_a gamma_ai o_a a_a^T,   g_b,i = q_i + (sum_a beta_ai) p_i - sum_a gamma_ai o_a
+        <g_i, V> = q_i.c_i + sum_a beta_ai (p_i.c_a) - sum_a gamma_ai (o_a.c_a)
+        ||g_W,i||^2 = |q_i|^2 K_ii + |p_i|^2 (beta^T K beta)_ii + (gamma^T ((O O^T) * K) gamma)_ii
+                      + 2 (q_i.p_i)(K beta)_ii - 2 sum_a gamma_ai (o_a.q_i) K_ai - 2 sum_a gamma_ai (o_a.p_i)(K beta)_ai
+
+    [B, B] products only: O(B^2 (d + d_in) + B^3) time, O(B^2) memory, no [B, B, d] Jacobian.
+    """
+    q, beta, p, gamma, o = (t.float() for t in (jac.diag, jac.beta, jac.partner, jac.gamma, jac.own))
+    a = a.detach().reshape(a.shape[0], -1).float()
+    c = c.detach().float()
+    dots = (q * c).sum(1) + (beta * (c @ p.t())).sum(0) - gamma.t() @ (o * c).sum(1)
+    if not need_norms:
+        return -dots, None
+    sq = torch.zeros_like(dots)
+    if weight:
+        k = a @ a.t()
+        kb = k @ beta
+        op, oq = o @ p.t(), o @ q.t()
+        h = (o @ o.t()) * k
+        sq = sq + (q * q).sum(1) * k.diagonal() + (p * p).sum(1) * (beta * kb).sum(0) + (gamma * (h @ gamma)).sum(0)
+        sq = sq + 2 * (q * p).sum(1) * kb.diagonal() - 2 * (gamma * oq * k).sum(0) - 2 * (gamma * op * kb).sum(0)
+    if bias:
+        gb = q + beta.sum(0)[:, None] * p - gamma.t() @ o
+        sq = sq + (gb * gb).sum(1)
+    return -dots, sq
 
 
 def alignment_terms(model: nn.Module, x, y, v: dict[str, torch.Tensor],
@@ -349,10 +437,23 @@ def _auto_terms(model, x, y, v, loss_fn, need_norms):
             parts = covered.pop(mod_name)
             rest += [f"{mod_name}.{leaf}" for leaf, scored in parts.items() if scored]
         if covered and coupled:
-            d, s = coupled_linear_terms(losses, {n: calls[n] for n in covered}, covered, v, need_norms)
-            dots = dots + d
-            if need_norms:
-                sq = sq + s
+            jacs = _output_jacobians(loss_fn, outputs, y)
+            factored = _factored_layers(jacs, outputs, calls, covered)
+            for n, jac in factored.items():
+                a, z = calls[n]
+                d, s = factored_linear_terms(jac, a, _tangent(a, z, covered[n], v, n), covered[n]["weight"],
+                                             covered[n]["bias"], need_norms)
+                dots = dots + d
+                if need_norms:
+                    sq = sq + s
+            generic = [n for n in covered if n not in factored]
+            if generic:
+                d, s = coupled_linear_terms(losses, {n: calls[n] for n in generic},
+                                            {n: covered[n] for n in generic}, v, need_norms,
+                                            outputs=outputs, output_jacobians=jacs)
+                dots = dots + d
+                if need_norms:
+                    sq = sq + s
         elif covered:
             zs = [calls[n][1] for n in covered]
             deltas = torch.autograd.grad(losses.sum(), zs, allow_unused=True)
