@@ -14,7 +14,10 @@ from keepset.losses import check_declared_coupling, clip_loss, coupled, couples_
 from keepset.models import TwoTowerProbe, build_model, load_checkpoint, save_checkpoint
 from keepset.models import sample_gradients
 from keepset.models.mimic import mimic_scores, resolve_layers
-from keepset.models.sample_gradients import alignment_terms, fused_step_applies, per_sample_grads
+from keepset.models.layer_identities import ActivationCapture
+from keepset.models.sample_gradients import (
+    alignment_terms, coupled_layer_terms, coupled_split, fused_step_applies, per_sample_grads,
+)
 
 RTOL = 1e-4
 B = 9
@@ -344,3 +347,41 @@ def test_fused_step_predicate():
     assert not fused_step_applies(bn, ["0.weight"], None)
     assert not fused_step_applies(bn.eval(), ["0.weight"], klosses.clip_loss)
     assert fused_step_applies(bn.eval(), ["0.weight"], None)
+
+
+def test_coupled_bench_tiny_run(capsys):
+    from keepset.bench import coupled
+
+    assert coupled.main(["--batch", "8", "--d-img", "6", "--d-txt", "5", "--dim", "4", "--text-hidden", "3",
+                         "--repeats", "1"]) == 0
+    rows = [r for r in capsys.readouterr().out.splitlines() if r.startswith("| ") and r[2] in "ita"]
+    assert len(rows) == 6  # 3 layer choices x (proj, cos)
+    for r in rows:
+        errs = [float(e) for e in r.rstrip(" |").split("|")[-1].split(",")]
+        assert max(errs) < 1e-4, r
+
+
+@pytest.mark.parametrize("layers", [None, "all"], ids=str)
+def test_training_step_recipe_reuses_the_forward_and_weights_exactly(layers, route):
+    """What a training step does for a coupled loss: score from its own forward (coupled_layer_terms), then the
+    loop's weighted backward of sum_i w_i L_i on the same graph, which is sum_i w_i g_i for every pair."""
+    model, reference, x = probe_pair(15, learn_scale=False)
+    names = resolve_layers(model, layers)
+    covered, rest = coupled_split(model, names)
+    assert not rest
+    v = direction(model, reference, names)
+    modules = dict(model.named_modules())
+    capture = ActivationCapture({n: modules[n] for n in covered})
+    outputs = model(*x)
+    losses = clip_loss(outputs)
+    dots, sq = coupled_layer_terms(clip_loss, losses, outputs, None, capture.single_calls(B), covered, v, True)
+    capture.remove()
+    want_dots, want_norms = loop_terms(model, x, names, v)
+    close(dots, want_dots)
+    close(sq.sqrt(), want_norms)
+    w = torch.softmax(dots / want_dots.abs().max().float(), 0).detach()
+    params = [p for _, p in model.named_parameters()]
+    got = torch.autograd.grad((w * losses).sum(), params, retain_graph=True)
+    per_pair = [torch.autograd.grad(losses[i], params, retain_graph=True) for i in range(B)]
+    for k, g in enumerate(got):
+        close(g, sum(w[i] * per_pair[i][k] for i in range(B)))

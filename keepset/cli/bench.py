@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "online": ("keepset.bench.online", "online re-weighting: SGD vs Grad-Mimic vs RHO-loss vs GraNd"),
     "sas-detection": ("keepset.bench.sas_detection", "SAS alone as a mislabel detector"),
     "sds-knn": ("keepset.bench.sds_knn", "time of the exact same-label kNN behind SDS at scale"),
+    "coupled": ("keepset.bench.coupled", "Mimic Score terms under CLIP's loss: closed form vs jvp vs per-pair loop"),
 }
 
 

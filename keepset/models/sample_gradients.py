@@ -410,14 +410,60 @@ def alignment_terms(model: nn.Module, x, y, v: dict[str, torch.Tensor],
     return dots, (sq.clamp_min(0).sqrt() if need_norms else None)
 
 
+def coupled_split(model: nn.Module, names: Sequence[str]) -> tuple[dict[str, dict[str, bool]], list[str]]:
+    """Split scored parameters for a coupled loss: ({nn.Linear module: {"weight": scored?, "bias": scored?}},
+    [every other parameter name]); the first take the coupled closed forms (``coupled_layer_terms``), the others
+    the exact jvp / Jacobian-row path."""
+    covered, rest = covered_modules(model, list(names))
+    modules = dict(model.named_modules())
+    for mod_name in [n for n in covered if not isinstance(modules[n], nn.Linear)]:
+        parts = covered.pop(mod_name)
+        rest += [f"{mod_name}.{leaf}" for leaf, scored in parts.items() if scored]
+    return covered, rest
+
+
+def coupled_layer_terms(loss_fn: Callable, losses: torch.Tensor, outputs, y,
+                        calls: dict[str, tuple[torch.Tensor, torch.Tensor]], covered: dict[str, dict[str, bool]],
+                        v: dict[str, torch.Tensor], need_norms: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``<-g_i, V>`` [B] and ``||g_i||^2`` [B] (None unless ``need_norms``) of ``nn.Linear`` layers under a loss that
+    couples the batch, from a forward already run (a training step's: no second forward).
+
+    loss_fn : the coupled loss; losses : ``loss_fn(outputs, y)`` [B] with its graph (kept for a later backward);
+    outputs : the model's outputs of that forward; calls : {module: (input a, output z)} of the covered layers
+    (``ActivationCapture.single_calls``; every covered module must be there); covered, v : as in
+    ``coupled_split`` / ``alignment_terms``. Projections whose output is one of the loss's inputs take
+    ``factored_linear_terms`` when the loss declares its factored Jacobian, the other layers
+    ``coupled_linear_terms``.
+    """
+    missing = [n for n in covered if n not in calls]
+    if missing:
+        raise ValueError(f"modules {missing} were not captured once on this batch; score them with alignment_terms")
+    b = losses.shape[0]
+    dots = torch.zeros(b, dtype=torch.float32, device=losses.device)
+    sq = torch.zeros(b, dtype=torch.float32, device=losses.device) if need_norms else None
+    jacs = _output_jacobians(loss_fn, outputs, y)
+    factored = _factored_layers(jacs, outputs, calls, covered)
+    for n, jac in factored.items():
+        a, z = calls[n]
+        d, s = factored_linear_terms(jac, a, _tangent(a, z, covered[n], v, n), covered[n]["weight"],
+                                     covered[n]["bias"], need_norms)
+        dots = dots + d
+        if need_norms:
+            sq = sq + s
+    generic = [n for n in covered if n not in factored]
+    if generic:
+        d, s = coupled_linear_terms(losses, {n: calls[n] for n in generic}, {n: covered[n] for n in generic}, v,
+                                    need_norms, outputs=outputs, output_jacobians=jacs)
+        dots = dots + d
+        if need_norms:
+            sq = sq + s
+    return dots, sq
+
+
 def _auto_terms(model, x, y, v, loss_fn, need_norms):
     coupled = couples_batch(loss_fn)
-    covered, rest = covered_modules(model, list(v))
+    covered, rest = coupled_split(model, list(v)) if coupled else covered_modules(model, list(v))
     modules = dict(model.named_modules())
-    if coupled:  # the coupled closed form covers nn.Linear; other layers take the exact jvp/Jacobian path
-        for mod_name in [n for n in covered if not isinstance(modules[n], nn.Linear)]:
-            parts = covered.pop(mod_name)
-            rest += [f"{mod_name}.{leaf}" for leaf, scored in parts.items() if scored]
     b = batch_len(x)
     dots = torch.zeros(b, dtype=torch.float32, device=_device(x))
     sq = torch.zeros(b, dtype=torch.float32, device=_device(x))
@@ -437,23 +483,10 @@ def _auto_terms(model, x, y, v, loss_fn, need_norms):
             parts = covered.pop(mod_name)
             rest += [f"{mod_name}.{leaf}" for leaf, scored in parts.items() if scored]
         if covered and coupled:
-            jacs = _output_jacobians(loss_fn, outputs, y)
-            factored = _factored_layers(jacs, outputs, calls, covered)
-            for n, jac in factored.items():
-                a, z = calls[n]
-                d, s = factored_linear_terms(jac, a, _tangent(a, z, covered[n], v, n), covered[n]["weight"],
-                                             covered[n]["bias"], need_norms)
-                dots = dots + d
-                if need_norms:
-                    sq = sq + s
-            generic = [n for n in covered if n not in factored]
-            if generic:
-                d, s = coupled_linear_terms(losses, {n: calls[n] for n in generic},
-                                            {n: covered[n] for n in generic}, v, need_norms,
-                                            outputs=outputs, output_jacobians=jacs)
-                dots = dots + d
-                if need_norms:
-                    sq = sq + s
+            d, s = coupled_layer_terms(loss_fn, losses, outputs, y, calls, covered, v, need_norms)
+            dots = dots + d
+            if need_norms:
+                sq = sq + s
         elif covered:
             zs = [calls[n][1] for n in covered]
             deltas = torch.autograd.grad(losses.sum(), zs, allow_unused=True)
