@@ -106,6 +106,7 @@ def test_numpy_inputs_are_accepted_like_fit(setup):
     got = mimic_scores(model, reference, x.double().numpy(), y.numpy().astype(np.int32))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(mimic_scores(model, reference, x.tolist(), y.tolist()), want, rtol=1e-4, atol=1e-6)
 
 
 def test_reference_of_another_architecture_is_refused_unless_allowed(setup):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from keepset.losses import couples_batch, per_sample_cross_entropy  # noqa: F401  (re-exported)
+from keepset.losses import per_sample_cross_entropy  # noqa: F401  (re-exported for compatibility)
 
 MIMIC_METHODS = ("proj", "cos", "normed_proj", "normed_cos")
 LossFn = Callable[..., torch.Tensor]
@@ -207,7 +207,7 @@ def _non_finite_rows(name: str, tensors: Sequence[torch.Tensor]) -> None:
 def check_batch(model: nn.Module, x, y, loss_fn: LossFn | None = None) -> tuple[tuple[torch.Tensor, ...], object]:
     """Validate and convert a batch for scoring, before any work; returns (inputs as a tuple, y).
 
-    x : tensor / numpy array [B, ...], or a tuple of them (the model is called as ``model(*x)``).
+    x : tensor / numpy array / nested list [B, ...], or a tuple of them (the model is called as ``model(*x)``).
     y : class labels [B] for the default cross-entropy (integers, or integral floats), else whatever
         ``loss_fn`` takes (None for image-text pairs). Floating inputs are cast to the model's dtype and
         everything moved to its device. Raises a one-line ValueError for an empty batch, mismatched sizes,
@@ -216,7 +216,7 @@ def check_batch(model: nn.Module, x, y, loss_fn: LossFn | None = None) -> tuple[
     first = next(model.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    raw = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    raw = x if isinstance(x, tuple) else (x,)  # a list is one array of samples, as in fit
     if not raw:
         raise ValueError("x is an empty tuple; pass the model's inputs")
     args = tuple(_as_tensor(a, "x", device, dtype) for a in raw)
@@ -334,6 +334,6 @@ def mimic_scores(model: nn.Module, reference: nn.Module, x, y=None, *,
         return scores_from_terms(dots, norms, v_norm, method, temperature)
     from keepset.models.sample_gradients import alignment_terms
 
-    x_in = args if len(args) > 1 or isinstance(x, (tuple, list)) else args[0]
+    x_in = args if isinstance(x, tuple) else args[0]
     dots, norms = alignment_terms(model, x_in, y, v, loss_fn or per_sample_cross_entropy, need_norms)
     return scores_from_terms(dots, norms, v_norm, method, temperature)

@@ -360,7 +360,8 @@ def factored_linear_terms(jac: PairJacobian, a: torch.Tensor, c: torch.Tensor, w
     a : the layer's input [B, d_in]; c : the change of z along V, ``V_W a_j + V_b`` [B, d];
     weight / bias : which of the layer's parameters are scored. With ``K = A A^T`` and ``m_i = sum_a beta_ai a_a``:
 
-        g_W,i = q_i a_i^T + p_i m_i^T - sum_a gamma_ai o_a a_a^T,   g_b,i = q_i + (sum_a beta_ai) p_i - sum_a gamma_ai o_a
+        g_W,i = q_i a_i^T + p_i m_i^T - sum_a gamma_ai o_a a_a^T
+        g_b,i = q_i + (sum_a beta_ai) p_i - sum_a gamma_ai o_a
         <g_i, V> = q_i.c_i + sum_a beta_ai (p_i.c_a) - sum_a gamma_ai (o_a.c_a)
         ||g_W,i||^2 = |q_i|^2 K_ii + |p_i|^2 (beta^T K beta)_ii + (gamma^T ((O O^T) * K) gamma)_ii
                       + 2 (q_i.p_i)(K beta)_ii - 2 sum_a gamma_ai (o_a.q_i) K_ai - 2 sum_a gamma_ai (o_a.p_i)(K beta)_ai
