@@ -374,11 +374,15 @@ def test_training_step_recipe_reuses_the_forward_and_weights_exactly(layers, rou
     capture = ActivationCapture({n: modules[n] for n in covered})
     outputs = model(*x)
     losses = clip_loss(outputs)
-    dots, sq = coupled_layer_terms(clip_loss, losses, outputs, None, capture.single_calls(B), covered, v, True)
+    calls = capture.single_calls(B)
+    dots, sq = coupled_layer_terms(clip_loss, losses, outputs, None, calls, covered, v, True)
+    dots_only, none = coupled_layer_terms(clip_loss, losses, outputs, None, calls, covered, v, False)
     capture.remove()
     want_dots, want_norms = loop_terms(model, x, names, v)
     close(dots, want_dots)
     close(sq.sqrt(), want_norms)
+    assert none is None
+    close(dots_only, want_dots)
     w = torch.softmax(dots / want_dots.abs().max().float(), 0).detach()
     params = [p for _, p in model.named_parameters()]
     got = torch.autograd.grad((w * losses).sum(), params, retain_graph=True)

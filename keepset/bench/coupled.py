@@ -1,8 +1,9 @@
 """Time of the Mimic Score terms under CLIP's coupled loss, three ways side by side in one run:
 
-- ``closed form``: ``alignment_terms(path="auto")``: projection layers from the loss's factored Jacobian
-  ([B, B] products), deeper Linear layers from Jacobian rows backpropagated from the loss's output
-  Jacobians through the model only, numerators alone by a double backward;
+- ``closed form``: ``alignment_terms(path="auto")``: with norms (``cos``), projection layers from the loss's
+  factored Jacobian ([B, B] products) and deeper Linear layers from Jacobian rows backpropagated from the
+  loss's output Jacobians through the model only; the numerators alone (``proj``) by one forward-mode pass,
+  the cheapest exact form (so ``proj`` times the same code as ``jvp``);
 - ``jvp``: ``alignment_terms(path="jvp")``: forward-mode numerators, norms from the rows of the loss
   vector's Jacobian (``vmap`` over ``vjp`` with the batch present);
 - ``per-pair loop``: one ``torch.autograd.grad(losses[i], params, retain_graph=True)`` per pair (it gives

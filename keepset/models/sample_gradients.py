@@ -13,7 +13,8 @@ Three exact paths (``path=``), none with a Python loop over samples:
 - ``"auto"`` (default): ``nn.Linear`` / ``nn.Conv2d`` parameters from one forward and one backward
   of ``sum_i L_i`` through the layer identities (``keepset.models.layer_identities``), which hold
   because the samples are independent; any other parameter through ``"jvp"`` below.
-  For a coupled loss, ``nn.Linear`` parameters take a coupled closed form: for a layer whose output is
+  For a coupled loss, the numerators alone (no norms) come from ``"jvp"``, which is exact and cheapest;
+  with norms, ``nn.Linear`` parameters take a coupled closed form: for a layer whose output is
   one of the loss's inputs (a projection feeding CLIP's loss) and a loss that declares its factored
   Jacobian (``clip_loss.pair_jacobians``), ``factored_linear_terms`` ([B, B] products only); for any
   other Linear, ``coupled_linear_terms`` (the Jacobian of the loss vector w.r.t. the layer's outputs,
@@ -463,6 +464,8 @@ def coupled_layer_terms(loss_fn: Callable, losses: torch.Tensor, outputs, y,
 
 def _auto_terms(model, x, y, v, loss_fn, need_norms):
     coupled = couples_batch(loss_fn)
+    if coupled and not need_norms:  # the numerators alone: one forward-mode pass is the cheapest exact form
+        return _generic_terms(model, x, y, v, loss_fn, need_norms)
     covered, rest = coupled_split(model, list(v)) if coupled else covered_modules(model, list(v))
     modules = dict(model.named_modules())
     b = batch_len(x)
