@@ -225,3 +225,70 @@ def test_observer_records_dynamics_by_id():
     fit(model, x, y, ids=ids, observers=[obs], epochs=2, batch_size=7, progress=False)
     loss = per_sample(obs.recorder, "loss", "count", ids=ids)
     assert np.array_equal(loss, np.full(30, 2.0))
+
+
+def test_coupled_clip_loss_trains_with_exact_weights_and_gradients():
+    """Contrastive probing: a two-tower probe under CLIP's loss (each pair's loss couples the batch). The
+    fused step does not apply; scores, weights and the re-weighted gradient equal a per-pair autograd loop."""
+    from keepset.losses import clip_loss
+    from keepset.models import TwoTowerProbe
+
+    torch.manual_seed(0)
+    model, reference = TwoTowerProbe(6, 5, 4), TwoTowerProbe(6, 5, 4)
+    img, txt = torch.randn(7, 6), torch.randn(7, 5)
+    gm = GradMimic(reference, layers="all", method="cos", temperature=0.5, loss_fn=clip_loss)
+    loss = gm.loss(model, (img, txt), None, np.arange(7))
+    assert not gm.uses_fused_step
+    loss.backward()
+    params = dict(model.named_parameters())
+    ref = dict(reference.named_parameters())
+    v = {n: (ref[n] - p).detach() for n, p in params.items()}
+    v_norm = torch.sqrt(sum((t * t).sum() for t in v.values()))
+    m2 = copy.deepcopy(model)
+    p2 = dict(m2.named_parameters())
+    losses = clip_loss(m2(img, txt))
+    per = [torch.autograd.grad(losses[i], list(p2.values()), retain_graph=True) for i in range(7)]
+    dots = torch.stack([-sum((g * v[n]).sum() for n, g in zip(p2, gs)) for gs in per])
+    norms = torch.stack([torch.sqrt(sum((g * g).sum() for g in gs)) for gs in per])
+    score = dots / (norms * v_norm)
+    torch.testing.assert_close(gm.last_scores, score, rtol=1e-4, atol=1e-6)
+    w = torch.softmax(score / 0.5, 0)
+    for k, n in enumerate(p2):
+        want = sum(w[i] * per[i][k] for i in range(7))
+        torch.testing.assert_close(params[n].grad, want, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_an_unmarked_coupled_loss_is_refused():
+    from keepset.losses import clip_loss
+    from keepset.models import TwoTowerProbe
+
+    def my_clip(outputs, y):  # the same coupled loss, without the marker
+        return clip_loss.__wrapped__(outputs, y) if hasattr(clip_loss, "__wrapped__") else clip_loss(outputs, y)
+
+    torch.manual_seed(0)
+    model, reference = TwoTowerProbe(6, 5, 4), TwoTowerProbe(6, 5, 4)
+    gm = GradMimic(reference, layers="all", loss_fn=my_clip)
+    with pytest.raises(ValueError, match="coupl"):
+        gm.loss(model, (torch.randn(5, 6), torch.randn(5, 5)), None, np.arange(5))
+
+
+def test_a_model_calling_a_scored_layer_twice_falls_back_exactly():
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(6, 6)
+            self.head = torch.nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.inner(torch.tanh(self.inner(x)))))
+
+    torch.manual_seed(1)
+    model, reference = Twice(), Twice()
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    gm = GradMimic(reference, layers="all")
+    gm.loss(model, x, y, np.arange(8)).backward()
+    assert gm.uses_fused_step  # planned, but this batch took the exact unfused path
+    scores, w, grads = naive_step(copy.deepcopy(model), reference, x, y, gm.names)
+    torch.testing.assert_close(gm.last_scores, scores, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6)

@@ -5,6 +5,7 @@ from keepset.models.fingerprint import model_fingerprint
 from keepset.models.networks import (
     ARCHITECTURES, MLP, LinearProbe, SmallCNN, build_model, freeze, model_for_inputs,
 )
+from keepset.models.two_tower import TwoTowerProbe
 
-__all__ = ["MLP", "SmallCNN", "LinearProbe", "ARCHITECTURES", "build_model", "model_for_inputs", "freeze",
-           "save_checkpoint", "load_checkpoint", "write_safetensors", "model_fingerprint"]
+__all__ = ["MLP", "SmallCNN", "LinearProbe", "TwoTowerProbe", "ARCHITECTURES", "build_model", "model_for_inputs",
+           "freeze", "save_checkpoint", "load_checkpoint", "write_safetensors", "model_fingerprint"]

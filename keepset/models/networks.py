@@ -1,11 +1,14 @@
-"""Small networks for CPU work. Every network has ``features`` (the backbone, [B, ...] -> [B, d])
+"""Small networks for CPU work. Every classifier has ``features`` (the backbone, [B, ...] -> [B, d])
 and ``head`` (an ``nn.Linear`` d -> num_classes), so linear probing and the Mimic Score's default
-layer (``head.weight``) mean the same thing for every architecture."""
+layer (``head.weight``) mean the same thing for every architecture. The image-text probe
+(``TwoTowerProbe``, kind "two_tower") is the one model without a classification head."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from keepset.models.two_tower import TwoTowerProbe
 
 
 class MLP(nn.Module):
@@ -62,7 +65,7 @@ class LinearProbe(nn.Module):
         return self.head(self.features(x))
 
 
-ARCHITECTURES = {"mlp": MLP, "cnn": SmallCNN, "linear": LinearProbe}
+ARCHITECTURES = {"mlp": MLP, "cnn": SmallCNN, "linear": LinearProbe, "two_tower": TwoTowerProbe}
 
 
 def build_model(config: dict) -> nn.Module:
@@ -89,6 +92,8 @@ def model_for_inputs(kind: str, input_shape: tuple[int, ...], num_classes: int, 
         return MLP(n_in, num_classes, **kwargs)
     if kind == "linear":
         return LinearProbe(n_in, num_classes)
+    if kind == "two_tower":
+        raise ValueError("the two-tower probe is not a classifier; build it with TwoTowerProbe(d_img, d_txt, dim)")
     raise ValueError(f"unknown architecture {kind!r}; known: {sorted(ARCHITECTURES)}")
 
 

@@ -3,8 +3,6 @@ per sample out (batched, with a progress bar)."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -20,13 +18,18 @@ def add_arguments(parser) -> None:
     g.add_argument("--layers", default=None,
                    help="parameters to score: a name, a module prefix, comma-separated names, or 'all' "
                         "(default: the final Linear's weight)")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of normed methods")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature of normed methods (default 1)")
+    g.add_argument("--allow-partial-reference", action="store_true",
+                   help="accept a reference whose architecture differs from the model's outside the scored layers")
 
 
 def score_mimic(samples: SampleSet, *, method: str = "proj", model=None, reference=None, layers=None,
                 temperature: float = 1.0, batch_size: int = 256, progress: bool = True, device: str = "cpu",
-                **_) -> dict[str, np.ndarray]:
+                allow_partial_reference: bool = False, **_) -> dict[str, np.ndarray]:
     """Mimic Score of every sample of ``samples``. ``model``/``reference``: modules or checkpoint paths.
+
+    A reference whose architecture differs from the model's anywhere is refused unless
+    ``allow_partial_reference`` (then only the scored layers must match).
 
     Normed methods are softmax-normalised within each batch of ``batch_size`` samples, as in training.
     Returns {method: float32 [N]}.
@@ -44,11 +47,7 @@ def score_mimic(samples: SampleSet, *, method: str = "proj", model=None, referen
     if isinstance(layers, str) and layers != "all" and "," in layers:
         layers = [s.strip() for s in layers.split(",") if s.strip()]
     names = resolve_layers(model, layers)
-    check_same_space(model, reference, names)
-    mine, ref = dict(model.named_parameters()), dict(reference.named_parameters())
-    if set(mine) != set(ref) or any(mine[n].shape != ref[n].shape for n in mine):
-        warnings.warn("model and reference differ outside the scored layers; make sure they share a backbone "
-                      "(linear probing) or an initialisation (fine-tuning), or the scores point nowhere", stacklevel=2)
+    check_same_space(model, reference, names, strict=not allow_partial_reference)
     model.eval().to(device)
     reference.eval().to(device)
     n = len(samples)
@@ -57,6 +56,6 @@ def score_mimic(samples: SampleSet, *, method: str = "proj", model=None, referen
         pos = np.arange(start, min(n, start + batch_size))
         x = torch.from_numpy(samples.get_inputs(pos)).to(device)
         y = torch.from_numpy(samples.labels[pos]).to(device)
-        out[pos] = mimic_scores(model, reference, x, y, layers=names, method=method,
-                                temperature=temperature).detach().cpu().numpy()
+        out[pos] = mimic_scores(model, reference, x, y, layers=names, method=method, temperature=temperature,
+                                allow_partial_reference=allow_partial_reference).detach().cpu().numpy()
     return {method: out}

@@ -39,12 +39,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from keepset.models.layer_identities import LayerGrads, batch_coupling_modules, covered_modules
+from keepset.losses import check_declared_coupling
+from keepset.models.layer_identities import LayerGrads, covered_modules
 from keepset.models.mimic import (
     _closed_form_applies, check_same_space, direction_norm, last_linear_name, linear_closed_form_terms,
-    loss_couples_batch, resolve_layers, scores_from_terms,
+    resolve_layers, scores_from_terms,
 )
-from keepset.models.sample_gradients import layer_terms
+from keepset.models.sample_gradients import fused_step_applies, layer_terms
 from keepset.recorder import DynamicsRecorder
 from keepset.training.online import OnlineMethod, call_model, check_batch, model_outputs, per_sample_losses
 
@@ -174,6 +175,8 @@ class GradMimic(OnlineMethod):
     resume : with ``record_to`` a folder that already holds a log: append to it, the step count continuing.
     loss_fn : per-sample loss ``(outputs, y) -> [B]``; cross-entropy by default.
     fused : use the fused step (module docstring) whenever it applies.
+    allow_partial_reference : accept a reference whose architecture differs from the model's outside the scored
+        layers (by default every parameter must match: a reference of another architecture is refused).
 
     Verbs: ``loss(model, x, y, ids, epoch=None)`` in a training loop; ``begin`` / ``end`` for frameworks
     that run the forward and the backward themselves (Lightning); ``close()`` when done (flushes the log
@@ -183,7 +186,7 @@ class GradMimic(OnlineMethod):
     def __init__(self, reference: nn.Module, *, layers: str | Sequence[str] | None = None, method: str = "proj",
                  temperature: float = 1.0, reweight: bool = True, start_epoch: int = 0, apply_to: str = "layers",
                  record_to: str | Path | DynamicsRecorder | None = None, resume: bool = False,
-                 loss_fn: Callable | None = None, fused: bool = True):
+                 loss_fn: Callable | None = None, fused: bool = True, allow_partial_reference: bool = False):
         super().__init__(loss_fn)
         if not isinstance(reference, nn.Module):
             raise ValueError(f"reference must be an nn.Module (the reference model), got {type(reference).__name__}")
@@ -200,6 +203,7 @@ class GradMimic(OnlineMethod):
         self.reference, self.layers, self.method = reference, layers, method
         self.temperature, self.reweight, self.start_epoch = temperature, bool(reweight), int(start_epoch)
         self.apply_to, self.fused = apply_to, bool(fused)
+        self.allow_partial_reference = bool(allow_partial_reference)
         self.recorder = self._make_recorder(_rank_folder(record_to), resume)
         if self.recorder is not None:
             self.step = self.recorder.next_step
@@ -214,6 +218,7 @@ class GradMimic(OnlineMethod):
         self._armed: _Pending | None = None
         self._trainable: list[str] = []
         self._norm = _Normaliser()
+        self._coupling_checked = False
 
     @staticmethod
     def _make_recorder(record_to, resume: bool):
@@ -235,7 +240,7 @@ class GradMimic(OnlineMethod):
             return inner
         self._remove_hooks()
         names = resolve_layers(inner, self.layers)
-        check_same_space(inner, self.reference, names)
+        check_same_space(inner, self.reference, names, strict=not self.allow_partial_reference)
         params = dict(inner.named_parameters())
         ref = dict(self.reference.named_parameters())
         self._ref = {n: ref[n].detach().to(device=params[n].device, dtype=params[n].dtype) for n in names}
@@ -253,14 +258,11 @@ class GradMimic(OnlineMethod):
         return inner
 
     def _fused_plan(self, model: nn.Module):
-        if batch_coupling_modules(model) or loss_couples_batch(self.loss_fn):
-            return None
-        covered, rest = covered_modules(model, self.names)
-        if rest or not covered:
+        if not fused_step_applies(model, self.names, self.loss_fn):
             return None
         if self.apply_to == "all" and not set(self._trainable) <= set(self.names):
             return None
-        return covered
+        return covered_modules(model, self.names)[0]
 
     def _remove_hooks(self) -> None:
         for h in self._handles:
@@ -367,6 +369,9 @@ class GradMimic(OnlineMethod):
             if handle is not None:
                 handle.remove()
         losses = per_sample_losses(self.loss_fn, outputs, y, len(ids))
+        if not self._coupling_checked:  # an unmarked loss that couples the batch would make the scores wrong
+            check_declared_coupling(self.loss_fn, outputs, y, losses)
+            self._coupling_checked = True
         self._remember(ids, y, outputs, losses, x)
         if pending is not None:
             self._check_calls(pending)
@@ -458,9 +463,9 @@ class GradMimic(OnlineMethod):
         else:
             from keepset.models.sample_gradients import alignment_terms
 
-            if not isinstance(x, torch.Tensor):
+            if isinstance(x, dict):
                 raise ValueError("scoring these layers needs per-sample gradients through the model, which keepset "
-                                 "computes for tensor inputs only; score nn.Linear / nn.Conv2d layers instead")
+                                 "computes for tensor or tuple inputs; score nn.Linear / nn.Conv2d layers instead")
             dots, norms = alignment_terms(inner, x, y, v, self.loss_fn, need_norms)
         score = scores_from_terms(dots, norms, v_norm, self.method)
         normed, w, u = self._weights(score, b)
