@@ -19,7 +19,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from keepset.cli import bench, demo, score, select
+    from keepset.cli import bench, demo, report, score, select
     from keepset.cli import filter as filter_
 
     parser = argparse.ArgumentParser(
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"keepset {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, filter_, score, select, bench):
+    for module in (demo, filter_, score, select, bench, report):
         module.add_parser(sub)
     return parser
 

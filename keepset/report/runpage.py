@@ -1,0 +1,195 @@
+"""The report page of a run folder: summary, per-class noise, score distributions, agreement, gallery."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from keepset.report.html import esc, fmt, img, pct, table, tiles
+from keepset.report.run import Run
+from keepset.report.stats import agreement, confusions, per_class, worst_k
+
+QUALITY_LABELS = {
+    "estimated": "estimated quality (fraction the filter keeps)",
+    "reference_check": "independent check: the reference's agreement with the labels, corrected for its own error",
+    "reference_agreement": "the reference agrees with this fraction of the labels",
+    "reference_holdout_accuracy": "the reference's accuracy on held-out trusted samples",
+    "true": "true quality (known corruption)",
+    "error": "error of the estimate",
+}
+SHOWN_KEYS = {"data", "n", "kept", "flagged", "class_names", "quality", "detection", "warnings", "accuracy"}
+
+
+def _num(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def summary_section(run: Run, n: int, kept: int, issue_score: np.ndarray) -> str:
+    s, q = run.summary, run.summary.get("quality") or {}
+    flagged = n - kept
+    items = [(f"{n:,}", "samples filtered"), (f"{kept:,} ({pct(kept, n)})", "kept"),
+             (f"{flagged:,} ({pct(flagged, n)})", "flagged")]
+    if _num(q.get("estimated")) is not None:
+        items.append((f"{q['estimated']:.3f}", "estimated quality"))
+    check = _num(q.get("reference_check"))
+    items.append((f"{check:.3f}" if check is not None else "–", "independent check (reference)"))
+    if _num(q.get("true")) is not None:
+        items.append((f"{q['true']:.3f}", "true quality (known)"))
+    parts = ["<h2 id=\"summary\">Summary</h2>", tiles(items)]
+    if check is None:
+        parts.append("<p class=\"note\">No independent check: the run has no held-out trusted samples to correct "
+                     "the reference's agreement with the labels.</p>")
+    rows = [[esc(QUALITY_LABELS.get(k, k)), fmt(_num(v)) if _num(v) is not None or v is None else esc(v)]
+            for k, v in q.items()]
+    if rows:
+        parts.append(table(["dataset quality", "value"], rows))
+    det = s.get("detection")
+    if not isinstance(det, dict) and run.corrupted is not None:
+        from keepset.evaluation.metrics import auroc, detection_metrics
+
+        det = detection_metrics(~run.keep, run.corrupted)
+        finite = np.isfinite(issue_score)
+        det["auroc"] = auroc(issue_score[finite], run.corrupted[finite])
+    if isinstance(det, dict):
+        keys = [k for k in ("precision", "recall", "f1", "auroc") if k in det]
+        parts.append(table(["mislabel detection (flagged vs corrupted)"] + keys,
+                           [["filter"] + [fmt(_num(det.get(k))) for k in keys]]))
+    acc = s.get("accuracy")
+    if isinstance(acc, dict) and acc:
+        parts.append(table(["test accuracy"] + list(acc), [["model"] + [fmt(_num(v)) for v in acc.values()]]))
+    other = [(k, v) for k, v in s.items() if k not in SHOWN_KEYS]
+    if other or s.get("data"):
+        rows = [[esc("data"), esc(s.get("data", "–"))]] + [
+            [esc(k), esc(v if isinstance(v, str) else _short(json.dumps(v, default=str)))] for k, v in other]
+        parts.append("<details><summary>run details</summary>" + table(["key", "value"], rows, text_cols=(0, 1))
+                     + "</details>")
+    return "\n".join(parts)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _class(c: int, names: list[str] | None) -> str:
+    return esc(f"{names[c]} ({c})" if names is not None and 0 <= c < len(names) else str(c))
+
+
+def per_class_section(run: Run) -> str:
+    labels = run.labels
+    parts = ["<h2 id=\"classes\">Per class</h2>"]
+    if labels is None:
+        return parts[0] + "<p class=\"note\">No class labels (image-text pairs): no per-class picture.</p>"
+    names = run.class_names
+    pred, true = run.reference_pred, run.true_labels
+    k = len(names) if names is not None else 1 + int(max(a.max(initial=0) for a in (labels, pred, true)
+                                                         if a is not None))
+    flagged = ~run.keep
+    st = per_class(labels, flagged, k, pred=pred, corrupted=run.corrupted)
+    if pred is not None:
+        other, what = pred, "reference predicts"
+    elif true is not None and run.corrupted is not None:
+        other, what = true, "true label (known corruption)"
+    else:
+        other, what = None, None
+    conf = confusions(labels, other, k, flagged) if other is not None else []
+    top_by_class: dict[int, list] = {}
+    for g, o, c, _ in conf:
+        top_by_class.setdefault(g, [])
+        if len(top_by_class[g]) < 3:
+            top_by_class[g].append(f"{_class(o, names)} ×{c}")
+    header = ["given class", "samples", "flagged", "flagged (estimated noise)"]
+    if "disagree_rate" in st:
+        header.append("reference disagrees")
+    if "true_rate" in st:
+        header.append("true noise (known)")
+    if other is not None:
+        header.append(f"most frequent: given → {what}")
+    rows = []
+    for c in range(k):
+        row = [_class(c, names), fmt(int(st["n"][c])), fmt(int(st["flagged"][c])), _rate(st["flagged_rate"][c])]
+        if "disagree_rate" in st:
+            row.append(_rate(st["disagree_rate"][c]))
+        if "true_rate" in st:
+            row.append(_rate(st["true_rate"][c]))
+        if other is not None:
+            row.append(", ".join(top_by_class.get(c, [])) or "–")
+        rows.append(row)
+    parts.append(table(header, rows, text_cols=(0, len(header) - 1) if other is not None else (0,)))
+    if conf:
+        parts.append(f"<h3>Most frequent confusions: given → {esc(what)}</h3>")
+        parts.append(table(["given", what, "samples", "of them flagged"],
+                           [[_class(g, names), _class(o, names), fmt(c), fmt(f)] for g, o, c, f in conf[:12]],
+                           text_cols=(0, 1)))
+    elif other is None:
+        parts.append("<p class=\"note\">No reference predictions in scores.parquet (column "
+                     "<code>reference_pred</code>): no confusion table.</p>")
+    return "\n".join(parts)
+
+
+def _rate(v: float) -> str:
+    return "–" if not np.isfinite(v) else f"{100 * v:.1f}%"
+
+
+def distributions_section(uri: str | None, n_columns: int, shown: int) -> str:
+    head = "<h2 id=\"scores\">Score distributions</h2>"
+    if uri is None:
+        return head + "<p class=\"note\">No score columns in scores.parquet.</p>"
+    note = "" if shown >= n_columns else f" The first {shown} of {n_columns} score columns are shown."
+    return (head + "<p class=\"note\">Density of every score for the kept and the flagged samples (and for the "
+            "clean and the corrupted ones when the truth is known); the 1% most extreme values are clipped into "
+            f"the end bins.{esc(note)}</p>" + img(uri, "score distributions"))
+
+
+def agreement_section(run: Run) -> str:
+    head = "<h2 id=\"agreement\">Agreement between flags</h2>"
+    flagged = ~run.keep
+    k = int(flagged.sum())
+    if k == 0:
+        return head + "<p class=\"note\">The filter flags nothing: no agreement to show.</p>"
+    flags = {"filter (flagged)": flagged}
+    for c in run.score_columns:
+        if c in run.directions:
+            flags[f"{c}: worst {k:,}"] = worst_k(run.table[c].to_numpy(dtype=np.float64), run.directions[c], k)
+    if run.reference_pred is not None and run.labels is not None:
+        flags["reference disagrees"] = run.reference_pred != run.labels
+    if run.corrupted is not None:
+        flags["corrupted (truth)"] = run.corrupted
+    names, jac, inter, count = agreement(flags)
+    rows, classes = [], []
+    for i, a in enumerate(names):
+        rows.append([esc(a), fmt(int(count[i]))] + [fmt(float(jac[i, j]), 2) for j in range(len(names))])
+        classes.append(["", ""] + [f"s{min(9, int(jac[i, j] * 10))}" if np.isfinite(jac[i, j]) else ""
+                                   for j in range(len(names))])
+    note = ("<p class=\"note\">Jaccard overlap |A ∩ B| / |A ∪ B| of the samples each row flags. Every score "
+            f"column flags its {k:,} worst samples (as many as the filter flags), by its direction"
+            + ("; “reference disagrees”: the reference predicts another class than the label" if
+               "reference disagrees" in flags else "") + ".</p>")
+    return head + note + table(["flags", "count"] + names, rows, cell_class=classes)
+
+
+def gallery_section(n_flagged: int, n_rows: int, n_thumbs: int, page_size: int, notes: list[str],
+                    class_names: list[str] | None, classes_present: list[int]) -> str:
+    head = "<h2 id=\"gallery-title\">Flagged samples, worst first</h2>"
+    if n_flagged == 0:
+        return head + "<p class=\"note\">The filter flags nothing.</p>"
+    info = [f"{n_flagged:,} flagged samples, sorted by issue score (most likely issue first)."]
+    if n_rows < n_flagged:
+        info.append(f"The page lists the {n_rows:,} worst; issues.parquet lists all of them.")
+    if n_thumbs < n_rows:
+        info.append(f"Thumbnails for the {n_thumbs:,} worst.")
+    body = [head, "<p class=\"note\">" + esc(" ".join(info)) + "</p>"]
+    body += [f"<p class=\"note\">{esc(n)}</p>" for n in notes]
+    options = "<option value=\"\">all classes</option>" + "".join(
+        f"<option value=\"{c}\">{_class(c, class_names)}</option>" for c in classes_present)
+    picker = (f"<label>given class <select id=\"gallery-class\">{options}</select></label>"
+              if classes_present else "")
+    body.append("<div class=\"controls\"><button id=\"gallery-prev\" type=\"button\">previous</button>"
+                "<button id=\"gallery-next\" type=\"button\">next</button>"
+                f"<span id=\"gallery-status\" class=\"note\"></span>{picker}"
+                f"<span class=\"note\">{page_size} per page</span></div>")
+    body.append("<noscript><p class=\"warn\">The gallery needs JavaScript; issues.parquet lists the same samples."
+                "</p></noscript>")
+    body.append("<div id=\"gallery\" class=\"gallery\"></div>")
+    return "\n".join(body)
