@@ -20,10 +20,12 @@ h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px; border-bottom: 1p
 .tile { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 150px; }
 .tile .n { font-size: 22px; font-weight: 600; }
 .tile .l { color: var(--muted); font-size: 12px; }
+.row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
 th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: right; vertical-align: top; }
 th { background: var(--soft); font-weight: 600; }
 td.t, th.t { text-align: left; }
+caption.note { caption-side: top; text-align: left; font-weight: 600; color: var(--fg); padding-bottom: 4px; }
 .s0 { background: #ffffff; } .s1 { background: #eef4fb; } .s2 { background: #dde9f6; } .s3 { background: #cbdef1; }
 .s4 { background: #b9d3ec; } .s5 { background: #a6c7e6; } .s6 { background: #93bbe0; } .s7 { background: #7fafda; }
 .s8 { background: #6aa2d3; } .s9 { background: #5595cc; }

@@ -47,8 +47,11 @@ def score_distributions(columns: dict[str, np.ndarray], directions: dict[str, st
         masks.update(clean=~corrupted, corrupted=corrupted)
     ncol = min(4, len(names))
     nrow_blocks = -(-len(names) // ncol)
-    fig, axes = plt.subplots(nrow_blocks * len(rows), ncol, figsize=(3.1 * ncol, 2.6 * nrow_blocks * len(rows)),
-                             squeeze=False, layout="constrained")
+    nrows = nrow_blocks * len(rows)
+    height = 2.1 * nrows + 0.5  # inches: 0.55 on top for the legend, 0.3 below for the last tick labels
+    fig, axes = plt.subplots(nrows, ncol, figsize=(3.1 * ncol, height), squeeze=False)
+    fig.subplots_adjust(left=0.03, right=0.99, bottom=0.3 / height, top=1 - 0.55 / height, hspace=0.45, wspace=0.12)
+    handles = {}
     for i, name in enumerate(names):
         v = np.asarray(columns[name], dtype=np.float64)
         finite = np.isfinite(v)
@@ -62,15 +65,17 @@ def score_distributions(columns: dict[str, np.ndarray], directions: dict[str, st
                 sel = finite & masks[g]
                 if sel.any():
                     label, colour, style = GROUPS[g]
-                    ax.hist(np.clip(v[sel], edges[0], edges[-1]), bins=edges, density=True, histtype="step",
-                            color=colour, linestyle=style, lw=1.4, label=f"{label} ({int(sel.sum())})")
+                    counts, _ = np.histogram(np.clip(v[sel], edges[0], edges[-1]), bins=edges, density=True)
+                    handles[g] = ax.stairs(counts, edges, color=colour, linestyle=style, lw=1.4,
+                                           label=f"{label} ({int(masks[g].sum()):,})")
             arrow = {"higher_keeps": " (higher keeps)", "higher_drops": " (higher drops)"}.get(directions.get(name), "")
             ax.set_title(f"{name}{arrow}", fontsize=9)
             ax.tick_params(labelsize=7.5)
             ax.set_yticks([])
-            ax.legend(fontsize=7.5, frameon=False, loc="upper left", bbox_to_anchor=(0, -0.12), ncol=1,
-                      handlelength=2.2)
     for j in range(len(names), nrow_blocks * ncol):
         for r in range(len(rows)):
             axes[(j // ncol) * len(rows) + r][j % ncol].set_visible(False)
+    order = [g for g in ("kept", "flagged", "clean", "corrupted") if g in handles]
+    fig.legend([handles[g] for g in order], [handles[g].get_label() for g in order], loc="upper center",
+               ncol=len(order), fontsize=8.5, frameon=False, handlelength=2.5)
     return figure_uri(fig)

@@ -12,10 +12,10 @@ from keepset.report.run import Run
 from keepset.report.stats import agreement, confusions, per_class, worst_k
 
 QUALITY_LABELS = {
-    "estimated": "estimated quality (fraction the filter keeps)",
-    "reference_check": "independent check: the reference's agreement with the labels, corrected for its own error",
-    "reference_agreement": "the reference agrees with this fraction of the labels",
-    "reference_holdout_accuracy": "the reference's accuracy on held-out trusted samples",
+    "estimated": "estimated (fraction the filter keeps)",
+    "reference_check": "independent check (reference agreement, corrected)",
+    "reference_agreement": "reference agrees with the labels",
+    "reference_holdout_accuracy": "reference accuracy, held-out trusted",
     "true": "true quality (known corruption)",
     "error": "error of the estimate",
 }
@@ -43,8 +43,9 @@ def summary_section(run: Run, n: int, kept: int, issue_score: np.ndarray) -> str
                      "the reference's agreement with the labels.</p>")
     rows = [[esc(QUALITY_LABELS.get(k, k)), fmt(_num(v)) if _num(v) is not None or v is None else esc(v)]
             for k, v in q.items()]
+    row_of_tables = []
     if rows:
-        parts.append(table(["dataset quality", "value"], rows))
+        row_of_tables.append(table(["dataset quality", "value"], rows))
     det = s.get("detection")
     if not isinstance(det, dict) and run.corrupted is not None:
         from keepset.evaluation.metrics import auroc, detection_metrics
@@ -54,11 +55,12 @@ def summary_section(run: Run, n: int, kept: int, issue_score: np.ndarray) -> str
         det["auroc"] = auroc(issue_score[finite], run.corrupted[finite])
     if isinstance(det, dict):
         keys = [k for k in ("precision", "recall", "f1", "auroc") if k in det]
-        parts.append(table(["mislabel detection (flagged vs corrupted)"] + keys,
-                           [["filter"] + [fmt(_num(det.get(k))) for k in keys]]))
+        row_of_tables.append(table(["mislabel detection", "flagged vs corrupted"],
+                                   [[esc(k), fmt(_num(det.get(k)))] for k in keys]))
     acc = s.get("accuracy")
     if isinstance(acc, dict) and acc:
-        parts.append(table(["test accuracy"] + list(acc), [["model"] + [fmt(_num(v)) for v in acc.values()]]))
+        row_of_tables.append(table(["test accuracy", "model"], [[esc(k), fmt(_num(v))] for k, v in acc.items()]))
+    parts.append("<div class=\"row\">" + "".join(row_of_tables) + "</div>")
     other = [(k, v) for k, v in s.items() if k not in SHOWN_KEYS]
     if other or s.get("data"):
         rows = [[esc("data"), esc(s.get("data", "–"))]] + [
@@ -78,9 +80,13 @@ def _class(c: int, names: list[str] | None) -> str:
 
 def per_class_section(run: Run) -> str:
     labels = run.labels
-    parts = ["<h2 id=\"classes\">Per class</h2>"]
+    parts = ["<h2 id=\"classes\">Per class</h2>",
+             "<p class=\"note\">Estimated noise: the fraction of the class's samples the filter flags. "
+             "Reference disagrees: the reference network predicts another class. True noise: the known "
+             "corruption, when the run has it. Confusions: the given label against the reference's prediction "
+             "(or, without one, against the known true label).</p>"]
     if labels is None:
-        return parts[0] + "<p class=\"note\">No class labels (image-text pairs): no per-class picture.</p>"
+        return parts[0] + "\n<p class=\"note\">No class labels (image-text pairs): no per-class picture.</p>"
     names = run.class_names
     pred, true = run.reference_pred, run.true_labels
     k = len(names) if names is not None else 1 + int(max(a.max(initial=0) for a in (labels, pred, true)
@@ -88,9 +94,9 @@ def per_class_section(run: Run) -> str:
     flagged = ~run.keep
     st = per_class(labels, flagged, k, pred=pred, corrupted=run.corrupted)
     if pred is not None:
-        other, what = pred, "reference predicts"
+        other, what = pred, "reference"
     elif true is not None and run.corrupted is not None:
-        other, what = true, "true label (known corruption)"
+        other, what = true, "true label"
     else:
         other, what = None, None
     conf = confusions(labels, other, k, flagged) if other is not None else []
@@ -99,13 +105,13 @@ def per_class_section(run: Run) -> str:
         top_by_class.setdefault(g, [])
         if len(top_by_class[g]) < 3:
             top_by_class[g].append(f"{_class(o, names)} ×{c}")
-    header = ["given class", "samples", "flagged", "flagged (estimated noise)"]
+    header = ["given class", "samples", "flagged", "estimated noise"]
     if "disagree_rate" in st:
         header.append("reference disagrees")
     if "true_rate" in st:
-        header.append("true noise (known)")
+        header.append("true noise")
     if other is not None:
-        header.append(f"most frequent: given → {what}")
+        header.append(f"→ {what} (top 3)")
     rows = []
     for c in range(k):
         row = [_class(c, names), fmt(int(st["n"][c])), fmt(int(st["flagged"][c])), _rate(st["flagged_rate"][c])]
@@ -116,15 +122,18 @@ def per_class_section(run: Run) -> str:
         if other is not None:
             row.append(", ".join(top_by_class.get(c, [])) or "–")
         rows.append(row)
-    parts.append(table(header, rows, text_cols=(0, len(header) - 1) if other is not None else (0,)))
+    tables = [table(header, rows, text_cols=(0, len(header) - 1) if other is not None else (0,))]
     if conf:
-        parts.append(f"<h3>Most frequent confusions: given → {esc(what)}</h3>")
-        parts.append(table(["given", what, "samples", "of them flagged"],
-                           [[_class(g, names), _class(o, names), fmt(c), fmt(f)] for g, o, c, f in conf[:12]],
-                           text_cols=(0, 1)))
-    elif other is None:
+        tables.append(table(["given", what, "samples", "of them flagged"],
+                            [[_class(g, names), _class(o, names), fmt(c), fmt(f)] for g, o, c, f in conf[:10]],
+                            text_cols=(0, 1), caption=f"most frequent confusions: given → {what}"))
+    parts.append("<div class=\"row\">" + "".join(tables) + "</div>")
+    if other is None:
         parts.append("<p class=\"note\">No reference predictions in scores.parquet (column "
-                     "<code>reference_pred</code>): no confusion table.</p>")
+                     "<code>reference_pred</code>) and no known corruption: no confusion table.</p>")
+    elif pred is None:
+        parts.append("<p class=\"note\">No reference predictions in scores.parquet (column "
+                     "<code>reference_pred</code>): the confusions shown are the known corruptions.</p>")
     return "\n".join(parts)
 
 
