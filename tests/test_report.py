@@ -125,7 +125,8 @@ def test_todays_demo_table_and_keep_npy(tmp_path):
 @pytest.mark.parametrize("make, err, match", [
     (lambda p: None, FileNotFoundError, "run folder not found"),
     (lambda p: p.mkdir(), FileNotFoundError, "no scores.parquet"),
-    (lambda p: (p.mkdir(), (p / "scores.parquet").write_bytes(b"PAR1 not really")), ValueError, "not a readable parquet"),
+    (lambda p: (p.mkdir(), (p / "scores.parquet").write_bytes(b"PAR1 not really")), ValueError,
+     "not a readable parquet"),
     (lambda p: write_run(p, {"id": np.array([1, 1]), "keep": np.array([True, False])}), ValueError, "unique"),
     (lambda p: write_run(p, {"id": np.array([1, 2]), "mimic_mean": np.zeros(2)}), ValueError, "no filter decision"),
     (lambda p: write_run(p, {"id": np.array([1, 2]), "label": np.array([0, 5]), "keep": np.array([True, False])},
@@ -292,3 +293,20 @@ def test_benchmark_folder_report(tmp_path):
     (folder / "results.json").write_text("[]")
     with pytest.raises(ValueError, match="not a keepset benchmark results file"):
         write_report(folder, overwrite=True)
+
+
+def test_report_scale_bench_joins_thumbnails_by_id(tmp_path, capsys):
+    from PIL import Image
+
+    from keepset.bench import report_scale
+    from keepset.data import load_spec
+
+    assert report_scale.main(["--n", "400", "--out", str(tmp_path)]) == 0
+    assert "report of 400 samples (160 flagged" in capsys.readouterr().out
+    html = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    data = _gallery_json(html)
+    images = load_spec(f"idx:{tmp_path / 'data'}")  # rows of scores.parquet are in shuffled id order
+    for row in data["rows"][:20]:
+        png = Image.open(io.BytesIO(base64.b64decode(data["thumbs"][row[8]].split(",", 1)[1])))
+        expected = np.clip(images.inputs[images.ids == row[0]][0, 0] * 255 + 0.5, 0, 255).astype(np.uint8)
+        assert np.array_equal(np.asarray(png), expected)

@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sas-detection": ("keepset.bench.sas_detection", "SAS alone as a mislabel detector"),
     "sds-knn": ("keepset.bench.sds_knn", "time of the exact same-label kNN behind SDS at scale"),
     "stage2-scale": ("keepset.bench.stage2_scale", "Stage 2 out of core: time and peak memory on 10^7 records"),
+    "report-scale": ("keepset.bench.report_scale", "time of keepset report on a synthetic 100,000-sample run"),
 }
 
 

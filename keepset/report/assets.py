@@ -17,7 +17,8 @@ h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px; border-bottom: 1p
 .note { font-size: 13px; margin: 4px 0 8px; }
 .warn { background: #fff4e5; border-left: 4px solid #e08a00; padding: 8px 12px; margin: 8px 0; }
 .tiles { display: flex; flex-wrap: wrap; gap: 10px; margin: 8px 0; }
-.tile { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px; min-width: 150px; }
+.tile { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 8px 14px;
+        min-width: 150px; }
 .tile .n { font-size: 22px; font-weight: 600; }
 .tile .l { color: var(--muted); font-size: 12px; }
 .row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }

@@ -25,7 +25,8 @@ def read_results(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is not readable JSON ({exc}); rerun the benchmark") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict) or not isinstance(doc.get("cells"), dict):
-        raise ValueError(f"{path} is not a keepset benchmark results file (expected {{\"config\": ..., \"cells\": ...}})")
+        raise ValueError(f"{path} is not a keepset benchmark results file "
+                         "(expected {\"config\": ..., \"cells\": ...})")
     return doc
 
 
