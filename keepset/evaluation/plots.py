@@ -137,5 +137,4 @@ def broken_axes(fig, spec, floor: float, top: float, bottom: float = 0.0, ratio:
 
 
 __all__ = ["PALETTE", "MARKERS", "method_styles", "dodge", "segments", "iso_f1", "iso_f1_handle", "legend_outside",
-           "handles_for",
-           "collapse_floor", "broken_axes", "pyplot"]
+           "handles_for", "collapse_floor", "broken_axes", "pyplot"]
