@@ -69,7 +69,8 @@ JS = r"""
 
   function className(c) {
     if (c === null || c < 0) { return "\u2013"; }
-    return data.classes ? data.classes[c] + " (" + c + ")" : String(c);
+    if (!data.classes || data.classes[c] === String(c)) { return String(c); }
+    return data.classes[c] + " (" + c + ")";
   }
   function show(v) { return v === null ? "\u2013" : String(v); }
   function line(parent, key, value, cls) {

@@ -45,8 +45,8 @@ def score_distributions(columns: dict[str, np.ndarray], directions: dict[str, st
     masks = {"kept": keep, "flagged": ~keep}
     if corrupted is not None:
         masks.update(clean=~corrupted, corrupted=corrupted)
-    ncol = min(4, len(names))
-    nrow_blocks = -(-len(names) // ncol)
+    nrow_blocks = -(-len(names) // 5)  # at most 5 panels a row, rows balanced (6 -> 3 + 3)
+    ncol = -(-len(names) // nrow_blocks)
     nrows = nrow_blocks * len(rows)
     height = 2.1 * nrows + 0.5  # inches: 0.55 on top for the legend, 0.3 below for the last tick labels
     fig, axes = plt.subplots(nrows, ncol, figsize=(3.1 * ncol, height), squeeze=False)

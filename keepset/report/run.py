@@ -192,10 +192,13 @@ def load_run(run_dir: str | Path) -> Run:
                 raise ValueError(f"{path}: column `{name}` holds classes outside [0, {len(class_names)}) but the run "
                                  f"names {len(class_names)} classes; the table and summary.json disagree")
     score_columns = [c for c in df.columns if c not in RESERVED and df[c].dtype.kind in "iuf"]
-    declared = meta.get("directions") or {}
+    from keepset.io.tables import column_direction
+
+    if not isinstance(meta.get("directions", {}), dict):
+        raise ValueError(f"{path}: `directions` in its keepset metadata must be a JSON object")
     directions = {}
     for c in score_columns:
-        d = declared.get(c) or guess_direction(c)
+        d = column_direction(c, meta) or guess_direction(c)
         if d is not None:
             if d not in (HIGHER_KEEPS, HIGHER_DROPS):
                 raise ValueError(f"{path}: direction {d!r} of column {c!r} is neither {HIGHER_KEEPS!r} nor "

@@ -75,7 +75,9 @@ def _short(text: str, limit: int = 300) -> str:
 
 
 def _class(c: int, names: list[str] | None) -> str:
-    return esc(f"{names[c]} ({c})" if names is not None and 0 <= c < len(names) else str(c))
+    if names is None or not 0 <= c < len(names) or names[c] == str(c):
+        return esc(str(c))
+    return esc(f"{names[c]} ({c})")
 
 
 def per_class_section(run: Run) -> str:
