@@ -310,3 +310,23 @@ def test_report_scale_bench_joins_thumbnails_by_id(tmp_path, capsys):
         png = Image.open(io.BytesIO(base64.b64decode(data["thumbs"][row[8]].split(",", 1)[1])))
         expected = np.clip(images.inputs[images.ids == row[0]][0, 0] * 255 + 0.5, 0, 255).astype(np.uint8)
         assert np.array_equal(np.asarray(png), expected)
+
+
+def test_image_text_pairs_without_labels(tmp_path):
+    n = 12
+    uids = np.array([f"{i:032x}" for i in range(n)])
+    cols = {"id": uids, "caption": np.array([f"a photo of thing {i}" for i in range(n)]),
+            "clip_score": np.linspace(0, 1, n), "keep": np.arange(n) >= 5}
+    run = write_run(tmp_path / "pairs", cols, summary={"quality": {"estimated": 7 / 12}})
+    df = keepset.issues(run)
+    assert df["given_label"].isna().all() and df["predicted_label"].isna().all()
+    assert df.loc[df.is_issue, "id"].tolist() == [uids[i] for i in (0, 1, 2, 3, 4)]  # lowest CLIP score first
+    res = write_report(run)
+    html = res["html"].read_text(encoding="utf-8")
+    assert "No class labels (image-text pairs)" in html and "does not say which data" in html
+    data = _gallery_json(html)
+    assert [r[5] for r in data["rows"]] == [f"a photo of thing {i}" for i in range(5)]
+    assert all(r[1] is None and r[2] is None for r in data["rows"])
+    res = write_report(run, overwrite=True, max_gallery=0)
+    html = res["html"].read_text(encoding="utf-8")
+    assert "gallery is turned off" in html and "gallery-data" not in html

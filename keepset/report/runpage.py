@@ -185,6 +185,9 @@ def gallery_section(n_flagged: int, n_rows: int, n_thumbs: int, page_size: int, 
     head = "<h2 id=\"gallery-title\">Flagged samples, worst first</h2>"
     if n_flagged == 0:
         return head + "<p class=\"note\">The filter flags nothing.</p>"
+    if n_rows == 0:
+        return head + (f"<p class=\"note\">{n_flagged:,} flagged samples; the gallery is turned off "
+                       "(--max-gallery 0): issues.parquet lists them.</p>")
     info = [f"{n_flagged:,} flagged samples, sorted by issue score (most likely issue first)."]
     if n_rows < n_flagged:
         info.append(f"The page lists the {n_rows:,} worst; issues.parquet lists all of them.")
