@@ -99,6 +99,7 @@ def digits_report(tmp_path_factory):
     return tmp, res
 
 
+@pytest.mark.slow  # 2-9 s: Chromium's first start with a fresh profile
 def test_screenshot_is_a_rendered_page(digits_report):
     from PIL import Image
 
