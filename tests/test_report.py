@@ -330,3 +330,16 @@ def test_image_text_pairs_without_labels(tmp_path):
     res = write_report(run, overwrite=True, max_gallery=0)
     html = res["html"].read_text(encoding="utf-8")
     assert "gallery is turned off" in html and "gallery-data" not in html
+
+
+def test_detection_metrics_computed_from_the_table_when_the_summary_has_none(tmp_path):
+    n = 10
+    cols = {"id": np.arange(n, dtype=np.int64), "label": np.zeros(n, np.int64),
+            "mimic_mean": np.array([-5, -4, -3, -2, 1, 2, 3, 4, 5, 6], dtype=float),
+            "corrupted": np.isin(np.arange(n), [0, 1, 5, 6, 7]), "keep": np.arange(n) >= 4}
+    run = write_run(tmp_path / "run", cols, summary={"quality": {"estimated": 0.6}})
+    html = write_report(run, thumbnails=False)["html"].read_text(encoding="utf-8")
+    # flagged 0-3, corrupted 0, 1, 5, 6, 7: tp 2, fp 2, fn 3 -> precision 0.5, recall 0.4, F1 4/9;
+    # AUROC of -mimic_mean: corrupted ranks {10, 9, 5, 4, 3} among 10 -> (31 - 15) / 25 = 0.64
+    for name, value in (("precision", "0.500"), ("recall", "0.400"), ("f1", "0.444"), ("auroc", "0.640")):
+        assert f'<td class="t">{name}</td><td>{value}</td>' in html, name

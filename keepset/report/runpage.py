@@ -50,9 +50,9 @@ def summary_section(run: Run, n: int, kept: int, issue_score: np.ndarray) -> str
     if not isinstance(det, dict) and run.corrupted is not None:
         from keepset.evaluation.metrics import auroc, detection_metrics
 
-        det = detection_metrics(~run.keep, run.corrupted)
+        det = detection_metrics(run.corrupted, ~run.keep)  # sklearn's order: (y_true, y_pred)
         finite = np.isfinite(issue_score)
-        det["auroc"] = auroc(issue_score[finite], run.corrupted[finite])
+        det["auroc"] = auroc(run.corrupted[finite], issue_score[finite])
     if isinstance(det, dict):
         keys = [k for k in ("precision", "recall", "f1", "auroc") if k in det]
         row_of_tables.append(table(["mislabel detection", "flagged vs corrupted"],
