@@ -7,6 +7,7 @@ The public API, loaded on first use (``import keepset`` itself imports neither t
 - ``filter_samples``: the ``keepset filter`` workflow on a ``SampleSet`` (Stage 1 + 2, quality check).
 - ``DynamicsRecorder``, ``stage2_filter``, ``estimate_quality``: recorded dynamics and the Stage 2 filter.
 - ``SampleSet``, ``load_spec``, ``add_label_noise``: data; ``clip_select``, ``select_top``: selection.
+- ``issues``: the issues table of a run folder (one row per sample, worst first; like cleanlab's Datalab).
 """
 
 from keepset._version import __version__
@@ -26,6 +27,7 @@ _EXPORTS = {
     "add_label_noise": "keepset.data.noise",
     "clip_select": "keepset.selection.clip_select",
     "select_top": "keepset.selection.topk",
+    "issues": "keepset.report.issues",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -235,38 +235,67 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
 
 
 def _plots(agg, settings, methods, out: Path) -> None:
-    from keepset.evaluation.report import distinct_colours, pyplot, save_figure
+    """auroc_vs_rate.png: one dot per measured (rate, method), methods side by side within a rate, no line
+    between rates (only the listed rates were measured); precision_recall.png: one panel per setting with
+    iso-F1 curves. Every method keeps its colour and marker (by its place in METHODS) in every panel; the
+    legends sit outside the axes."""
+    from keepset.evaluation.plots import (dodge, handles_for, iso_f1, iso_f1_handle, legend_outside, method_styles,
+                                          pyplot)
+    from keepset.evaluation.report import save_figure
 
     plt = pyplot()
-    colours = distinct_colours(methods)  # more methods than the default colour cycle holds
+    styles = method_styles(METHODS)
     kinds = sorted({k for k, _ in settings}, key=lambda k: k != "symmetric")
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    offsets = dict(zip(methods, dodge(len(methods), 0.75)))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.8 * len(kinds) + 1.6, 4.2), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax, kind in zip(axes[0], kinds):
         rates = sorted(r for k, r in settings if k == kind)
-        for m in methods:
-            ys = [agg[(kind, r, m)]["auroc"] for r in rates if (kind, r, m) in agg]
-            if len(ys) == len(rates):
-                ax.errorbar(rates, [y[0] for y in ys], yerr=[y[1] for y in ys], marker="o", capsize=3, label=m,
-                            color=colours[m])
-        ax.set(title=f"{kind} noise", xlabel="noise rate", ylabel="AUROC")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower left")
-    save_figure(fig, out / "auroc_vs_rate.png")
-    fig, axes = plt.subplots(len(kinds), len(settings) // max(1, len(kinds)) or 1,
-                             figsize=(4 * max(1, len(settings) // max(1, len(kinds))), 3.6 * len(kinds)),
-                             squeeze=False)
-    for i, kind in enumerate(kinds):
-        rates = sorted(r for k, r in settings if k == kind)
-        for j, r in enumerate(rates):
-            ax = axes[i][j]
+        for i, r in enumerate(rates):
             for m in methods:
                 a = agg.get((kind, r, m))
-                if a is not None:
+                if a is None or a["auroc"][2] == 0:
+                    continue
+                ax.errorbar(i + offsets[m], a["auroc"][0], yerr=a["auroc"][1], linestyle="none", capsize=2,
+                            markersize=7, markeredgecolor="white", markeredgewidth=0.4, **styles[m])
+        for i in range(1, len(rates)):
+            ax.axvline(i - 0.5, color="0.85", lw=0.8)
+        ax.axhline(0.5, color="0.4", lw=0.8, ls="--")
+        ax.set_xticks(range(len(rates)), [f"{r:g}" for r in rates])
+        ax.set_xlim(-0.5, len(rates) - 0.5)
+        ax.set(title=f"{kind} noise", xlabel="noise rate (measured rates only)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("AUROC (dashed: chance)")
+    legend_outside(fig, *handles_for(styles, methods), title="method")
+    save_figure(fig, out / "auroc_vs_rate.png")
+
+    ncols = max(len([r for k, r in settings if k == kind]) for kind in kinds)
+    fig, axes = plt.subplots(len(kinds), ncols, figsize=(3.3 * ncols + 1.6, 3.3 * len(kinds)), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    for i, kind in enumerate(kinds):
+        rates = sorted(r for k, r in settings if k == kind)
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(rates):
+                ax.set_visible(False)
+                continue
+            iso_f1(ax)
+            for m in methods:
+                a = agg.get((kind, rates[j], m))
+                if a is not None and a["recall"][2] and a["precision"][2]:
                     ax.errorbar(a["recall"][0], a["precision"][0], xerr=a["recall"][1], yerr=a["precision"][1],
-                                marker="o", capsize=2, label=m, color=colours[m])
-            ax.set(title=f"{kind} {r:g}", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+                                linestyle="none", capsize=2, markersize=7, markeredgecolor="white",
+                                markeredgewidth=0.5, **styles[m])
+            ax.set(title=f"{kind} noise {rates[j]:g}", xlim=(0, 1.02), ylim=(0, 1.02))
+            ax.set_aspect("equal")
+            ax.grid(alpha=0.25)
+            if i == len(kinds) - 1:
+                ax.set_xlabel("recall")
+            if j == 0:
+                ax.set_ylabel("precision")
+    handles, labels = handles_for(styles, methods)
+    h, lab = iso_f1_handle()
+    legend_outside(fig, handles + [h], labels + [lab], title="method")
     save_figure(fig, out / "precision_recall.png")
 
 

@@ -286,31 +286,86 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
 
 
 def _plot(agg, noises, ratios, methods, out: Path) -> None:
-    from keepset.evaluation.report import distinct_colours, pyplot, save_figure
+    """accuracy_vs_ratio.png: test accuracy against the fraction kept, one panel per noise level.
+
+    Lines join a method's consecutive measured ratios only (a missing ratio leaves a gap); the Stage 2
+    filters, which choose their own ratio, are single large markers. Every method keeps its colour and
+    marker (by its place in METHODS). When some methods collapse (accuracy below half of the all-data
+    run's), the panel gets a broken y axis: the main part spans the useful range, a short strip below it
+    holds the collapsed points, so they neither vanish nor squash the others. The legend sits outside.
+    """
+    from keepset.evaluation.plots import broken_axes, collapse_floor, handles_for, legend_outside, method_styles, pyplot
+    from keepset.evaluation.report import save_figure
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(noises), figsize=(5.5 * len(noises), 4.2), squeeze=False)
-    colours = distinct_colours(methods)  # more methods than the default colour cycle holds
-    for ax, noise in zip(axes[0], noises):
-        for m in methods:
-            if m in OWN_RATIO:
-                st = agg.get((noise, m, "auto"))
-                if st:
-                    ax.errorbar([st["kept_fraction"][0]], [st["accuracy"][0]], yerr=[st["accuracy"][1]],
-                                marker="*" if m == "stage2" else "X", markersize=12, linestyle="none",
-                                label=f"{m} (own ratio)", color=colours[m])
-                continue
-            pts = [(r, agg[(noise, m, r)]["accuracy"]) for r in ratios if (noise, m, r) in agg]
-            if pts:
-                ax.errorbar([p[0] for p in pts], [p[1][0] for p in pts], yerr=[p[1][1] for p in pts],
-                            marker="o", capsize=3, label=m, color=colours[m])
+    styles = method_styles(METHODS)
+    fig = plt.figure(figsize=(5.0 * len(noises) + 2.2, 5.2), layout="constrained")
+    grid = fig.add_gridspec(1, len(noises))
+    shown: list[str] = []
+    for col, noise in enumerate(noises):
+        cells = {m: [(r, agg[(noise, m, r)]["accuracy"]) for r in ratios if (noise, m, r) in agg]
+                 for m in methods if m not in OWN_RATIO}
+        own = {m: agg[(noise, m, "auto")] for m in methods if m in OWN_RATIO and (noise, m, "auto") in agg}
         full = agg.get((noise, "full", 1.0))
+        means = [a[0] for pts in cells.values() for _, a in pts] + [st["accuracy"][0] for st in own.values()]
+        highs = [a[0] + a[1] for pts in cells.values() for _, a in pts] + [st["accuracy"][0] + st["accuracy"][1]
+                                                                          for st in own.values()]
         if full:
-            ax.axhline(full["accuracy"][0], color="gray", linestyle="--", label="all data")
-        ax.set(title=f"label noise {noise:g}", xlabel="fraction kept", ylabel="test accuracy")
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+            means.append(full["accuracy"][0])
+            highs.append(full["accuracy"][0])
+        if not means:
+            continue
+        top = max(h for h in highs if np.isfinite(h))
+        floor = collapse_floor(means, full["accuracy"][0] if full else max(means))
+        if floor is None:
+            axes = [fig.add_subplot(grid[col])]
+        else:
+            main, low = broken_axes(fig, grid[col], floor, top + 0.02 * (top - floor) + 0.005, bottom=0.0)
+            axes = [main, low]
+        for ax in axes:
+            for m, pts in cells.items():
+                for xs, _ in [(seg, None) for seg in _runs(pts, ratios)]:
+                    ax.errorbar([p[0] for p in xs], [p[1][0] for p in xs], yerr=[p[1][1] for p in xs], capsize=2,
+                                lw=1.3, markersize=6, markeredgecolor="white", markeredgewidth=0.4, **styles[m])
+            for m, st in own.items():
+                ax.errorbar([st["kept_fraction"][0]], [st["accuracy"][0]], xerr=[st["kept_fraction"][1]],
+                            yerr=[st["accuracy"][1]], linestyle="none", markersize=13, markeredgecolor="black",
+                            markeredgewidth=0.7, capsize=2, **styles[m])
+            if full:
+                ax.axhline(full["accuracy"][0], color="0.35", linestyle="--", lw=1)
+            ax.grid(alpha=0.3)
+            ax.set_xlim(0, 1.0)
+        axes[0].set_title(f"label noise {noise:g}")
+        axes[-1].set_xlabel("fraction kept")
+        if col == 0:
+            axes[0].set_ylabel("test accuracy")
+        if floor is not None:
+            axes[1].text(0.99, 0.5, f"collapsed\n(< {0.5 * (full['accuracy'][0] if full else max(means)):.2f})",
+                         transform=axes[1].transAxes, ha="right", va="center", fontsize=7, color="0.35")
+        shown += [m for m in list(cells) + list(own) if m not in shown]
+    from matplotlib.lines import Line2D
+
+    order = [m for m in METHODS if m in shown]
+    handles, labels = handles_for(styles, order, line=True,
+                                  labels={m: f"{m} (own ratio)" for m in OWN_RATIO})
+    for i, m in enumerate(order):
+        if m in OWN_RATIO:
+            handles[i].set_linestyle("none")
+            handles[i].set_markeredgecolor("black")
+            handles[i].set_markersize(10)
+    handles.append(Line2D([], [], color="0.35", linestyle="--", lw=1))
+    labels.append("all data")
+    legend_outside(fig, handles, labels, title="method")
     save_figure(fig, out / "accuracy_vs_ratio.png")
+
+
+def _runs(points, ratios):
+    """Split [(ratio, (mean, std, n))] into runs of consecutive measured ratios (no line across a gap)."""
+    from keepset.evaluation.plots import segments
+
+    by_ratio = dict(points)
+    return [[(r, by_ratio[r]) for r in xs] for xs, _ in segments([p[0] for p in points],
+                                                                 [p[1][0] for p in points], ratios)]
 
 
 def main(argv=None) -> int:

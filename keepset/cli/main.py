@@ -19,7 +19,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from keepset.cli import bench, demo, make_noisy, make_pool, score, select
+    from keepset.cli import bench, demo, make_noisy, make_pool, report, score, select
     from keepset.cli import filter as filter_
 
     parser = argparse.ArgumentParser(
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"keepset {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, filter_, score, select, bench, make_pool, make_noisy):
+    for module in (demo, filter_, score, select, report, bench, make_noisy, make_pool):
         module.add_parser(sub)
     return parser
 
