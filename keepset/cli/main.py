@@ -89,9 +89,8 @@ def _message(exc: BaseException) -> str:
     text = one_line(exc, limit=1000) if str(exc) else type(exc).__name__
     if isinstance(exc, MemoryError):
         return f"out of memory{': ' + text if str(exc) else ''}; use a smaller --batch-size or fewer samples"
-    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror and exc.filename \
-            and exc.strerror in text and str(exc.filename) in text:
-        return f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, OSError) and exc.strerror and text.startswith("[Errno"):  # the OS's message, not ours
+        return exc.strerror + (f": {exc.filename}" if exc.filename else "")
     return text
 
 
@@ -106,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
     prog = "keepset"
+    saved_argv, sys.argv = sys.argv, ["keepset", *argv]  # what manifests record as the command line
     try:
         parser = build_parser()
         try:
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: internal error (a bug in keepset, not in your input): {type(exc).__name__}: "
               f"{_message(exc)}; rerun with --debug for the traceback and report it", file=sys.stderr)
         return 1
+    finally:
+        sys.argv = saved_argv
 
 
 if __name__ == "__main__":

@@ -36,9 +36,11 @@ def add_arguments(parser) -> None:
     _add(parser, "--hardest", choices=("high", "low"), default="high",
          help="ccs: whether high (EL2N, forgetting) or low (AUM) scores are hard")
     _add(parser, "--features", default=None,
-         help="moderate/kcenter: .npz with `ids` [N] and `features` [N, d], joined to the table by id")
+         help="moderate/kcenter: .npz with ids [N] and features [N, d], joined to the table by id "
+              "(required by moderate and kcenter)")
     _add(parser, "--expr", default=None,
-         help="expr: e.g. \"top(clip, 0.3) - bottom(mimic, 0.2)\" (& | - ^ ~, top/bottom(COLUMN, RATIO))")
+         help="expr: e.g. \"top(clip, 0.3) - bottom(mimic, 0.2)\" (& | - ^ ~, top/bottom(COLUMN, RATIO)) "
+              "(required by expr)")
 
 
 def _need(options: dict, key: str, flag: str, method: str):
