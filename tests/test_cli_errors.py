@@ -358,3 +358,22 @@ def test_score_refuses_a_missing_optional_package_before_any_training(tmp_path, 
     (line,) = err.splitlines()
     assert rc == 2 and 'pip install "keepset[clip]"' in line
     assert not any(tmp_path.glob("s.parquet*"))
+
+
+def test_filter_manifest_records_the_input_files(tmp_path):
+    from keepset.data import load_spec
+    from keepset.io import file_fingerprint, write_keep_list
+
+    s = load_spec("digits")
+    data = tmp_path / "mine.npz"
+    np.savez(data, features=s.get_inputs().reshape(len(s), -1)[:600], labels=s.labels[:600], ids=s.ids[:600])
+    trusted = tmp_path / "trusted.npy"
+    write_keep_list(trusted, s.ids[:200])
+    out = tmp_path / "run"
+    assert main(["filter", "--data", f"npz:{data}", "--trusted-ids", str(trusted), "--out", str(out),
+                 "--epochs", "1", "--reference-epochs", "10", "--quiet"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["inputs"]["data"]["sha256"] == file_fingerprint(data, None)
+    assert m["inputs"]["trusted_ids"]["sha256"] == file_fingerprint(trusted, None)
+    assert m["models"]["reference"]["sha256"] == file_fingerprint(out / "reference.safetensors", None)
+    assert m["command"][:2] == ["keepset", "filter"]

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from keepset.data import add_label_noise, load_spec, split_indices
+from keepset.data import add_label_noise, load_spec, spec_file, split_indices
 from keepset.evaluation import auroc, detection_metrics, quality_error
 from keepset.io import atomic_dir, check_output_dir
 from keepset.recorder import DynamicsRecorder, per_sample
@@ -126,8 +126,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
                                     f"{opt.backbone} fine-tuned from one shared initialisation (reference: trained "
                                     "on the trusted split)")}
         sgd_mean = per_sample(sgd_rec, "mimic", "mean", ids=train_set.ids).astype(np.float32)
+        data_file = spec_file(cfg.data)
         summary = write_run(tmp, result, train_set, data_spec=cfg.data, params=asdict(cfg), t0=t0,
-                            extra_columns={"mimic_sgd_mean": sgd_mean}, extra_summary=extra, method="keepset-demo")
+                            extra_columns={"mimic_sgd_mean": sgd_mean}, extra_summary=extra, method="keepset-demo",
+                            inputs={"data": data_file} if data_file else None)
     return summary
 
 

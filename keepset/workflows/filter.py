@@ -376,8 +376,18 @@ def run_filter(cfg: FilterConfig, log=print) -> dict:
         result = filter_samples(samples, trusted, reference=reference, options=opt, dynamics_dir=tmp / "dynamics",
                                 log=log)
         summary = write_run(tmp, result, samples, data_spec=cfg.data, params=_params(cfg), t0=t0,
-                            trusted_inside=bool(cfg.trusted_ids))
+                            trusted_inside=bool(cfg.trusted_ids), inputs=input_files(cfg))
     return summary
+
+
+def input_files(cfg: FilterConfig) -> dict:
+    """The files a filter run reads, for the manifest's input hashes: the data and trusted data when their spec
+    names one file, the trusted ids, the reference checkpoint (folders are identified by the data fingerprint)."""
+    from keepset.data import spec_file
+
+    files = {"data": spec_file(cfg.data), "trusted": spec_file(cfg.trusted) if cfg.trusted else None,
+             "trusted_ids": cfg.trusted_ids, "reference": cfg.reference}
+    return {k: v for k, v in files.items() if v}
 
 
 def _params(cfg: FilterConfig) -> dict:
@@ -388,7 +398,7 @@ def _params(cfg: FilterConfig) -> dict:
 
 def write_run(out: Path, result: FilterResult, samples: SampleSet, *, data_spec: str, params: dict, t0: float,
               extra_columns: dict | None = None, extra_summary: dict | None = None,
-              method: str = "keepset-filter", trusted_inside: bool = False) -> dict:
+              method: str = "keepset-filter", trusted_inside: bool = False, inputs: dict | None = None) -> dict:
     """Write a run folder's files into ``out`` (a fresh folder): scores.parquet and keep.npy (the filtered
     samples), trusted.npy (with ``trusted_inside``: the trusted samples came from the same data), summary.json,
     the checkpoints and manifest.json. Returns the summary."""
@@ -437,7 +447,7 @@ def write_run(out: Path, result: FilterResult, samples: SampleSet, *, data_spec:
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json) + "\n")
     write_manifest(out / "manifest.json", method=method, params=params,
-                   data={"spec": data_spec, "fingerprint": samples.fingerprint(), "n": n},
+                   data={"spec": data_spec, "fingerprint": samples.fingerprint(), "n": n}, inputs=inputs,
                    models={"reference": "reference.safetensors", "model": "model.safetensors"},
                    outputs={f: f for f in ("scores.parquet", "keep.npy", "summary.json", "dynamics")})
     return summary
