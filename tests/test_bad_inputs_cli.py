@@ -320,7 +320,7 @@ def bad_score_no_model(tmp_path, run):
 
 @case
 def bad_score_out_is_a_folder(tmp_path, run):
-    return "score", _score(run, "cos", *_ckpts(run), out=run / "dynamics"), "dynamics"
+    return "score", _score(run, "cos", *_ckpts(run), out=run / "dynamics"), "is a folder"
 
 
 @case

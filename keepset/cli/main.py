@@ -120,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: interrupted; outputs are written whole at the end, so nothing was half-written",
-              file=sys.stderr)
+        print(f"{prog}: interrupted" + ("" if prog.startswith("keepset bench") else
+                                        "; existing outputs were left as they were (outputs are swapped in whole "
+                                        "when a command finishes)"), file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place that turns exceptions into messages
         if debug:

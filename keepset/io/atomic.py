@@ -75,6 +75,8 @@ def check_output_file(path: str | Path, overwrite: bool = False) -> Path:
     not a folder, under a folder that exists or can be created and is writable. Returns it as a Path."""
     path = Path(path)
     _check_utf8(path, "output file")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; --out must name a file")
     check_writable(path, overwrite)
     _check_parent_writable(path)
     return path
