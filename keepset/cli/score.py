@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from keepset.cli._common import add_device, add_quiet, check_device, command_parser, positive_int, seed
+from keepset.cli._common import add_device, add_quiet, check_device, command_parser, positive_int, quiet_libraries, seed
 from keepset.cli._method_flags import add_method_flags, method_options
 from keepset.data import SPEC_HELP
 from keepset.scoring.registry import SCORER_FLAGS, SCORERS, get_scorer, scorer_modules
@@ -66,6 +66,7 @@ def run(args) -> int:
     samples = load_spec(args.data)
 
     options["progress"] = not args.quiet
+    quiet_libraries(args.quiet)
     columns = get_scorer(args.method)(samples, **options)
 
     encoders = info.get("encoders")
