@@ -442,3 +442,26 @@ def test_score_records_the_encoders_the_defaults_resolve_to(tmp_path, monkeypatc
     assert meta["encoders"] == {"image": "network:trusted", "text": "minilm"}
     assert meta["directions"] == {"sas": "higher_keeps"}
     assert seen.get("image_encoder") is None  # the scorer still receives the flags as given
+
+
+@pytest.mark.parametrize("missing, argv, extra", [
+    ("matplotlib", ["bench", "detection", "--seeds", "1"], "plots"),
+    ("cleanlab", ["bench", "detection", "--no-plots", "--methods", "loss", "cleanlab"], "peers"),
+    ("matplotlib", ["bench", "pruning", "--seeds", "1"], "plots"),
+    ("pandas", ["report", "RUN"], "report"),
+    ("faiss", ["bench", "sds-knn", "--backend", "faiss", "--n", "100"], "knn"),
+])
+def test_a_missing_optional_package_is_named_with_its_extra_before_any_work(demo_run, tmp_path, monkeypatch,
+                                                                            capsys, missing, argv, extra):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == missing else real(name, *a, **k))
+    monkeypatch.chdir(tmp_path)
+    argv = [str(demo_run) if a == "RUN" else a for a in argv]
+    before = _snapshot(demo_run)
+    rc, _, err = _run(argv, capsys)
+    (line,) = err.splitlines()
+    assert rc == 2 and f'pip install "keepset[{extra}]"' in line, line
+    assert not any(tmp_path.iterdir()) and _snapshot(demo_run) == before

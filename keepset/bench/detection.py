@@ -75,10 +75,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def output_folder(args) -> Path:
     """The benchmark's folder (resumable: an existing one is reused), checked before any work."""
+    from keepset._checks import check_installed
     from keepset.cli._common import check_device
     from keepset.io import check_output_dir
 
     check_device(args.device)
+    if not args.no_plots:
+        check_installed("matplotlib", "the benchmark's plots (or pass --no-plots)", "plots")
+    if "cleanlab" in args.methods:
+        check_installed("cleanlab", "the cleanlab peer (or leave it out of --methods)", "peers")
     if args.early_epochs > args.head_epochs:
         raise ValueError(f"--early-epochs {args.early_epochs} exceeds --head-epochs {args.head_epochs}")
     out = Path(args.out or f"out/bench/detection-{args.data.replace(':', '_').replace('/', '_')}-{args.model}")

