@@ -84,6 +84,15 @@ def test_debug_adds_the_traceback_and_keeps_the_exit_status(tmp_path, monkeypatc
     assert rc == 1 and "Traceback" in err and "RuntimeError: boom" in err
 
 
+def test_a_missing_package_is_a_user_error_but_a_broken_keepset_import_is_a_bug(tmp_path, monkeypatch, capsys):
+    _demo_raising(monkeypatch, ModuleNotFoundError("No module named 'pandas'", name="pandas"))
+    rc, _, err = _run(["demo", "--out", str(tmp_path / "d"), "--quiet"], capsys)
+    assert rc == 2 and err.startswith("keepset demo: error: No module named 'pandas'")
+    _demo_raising(monkeypatch, ImportError("cannot import name 'x' from 'keepset.data'", name="keepset.data"))
+    rc, _, err = _run(["demo", "--out", str(tmp_path / "d"), "--quiet"], capsys)
+    assert rc == 1 and "internal error" in err and "ImportError" in err
+
+
 def test_interrupt_is_one_line_exit_130(tmp_path, monkeypatch, capsys):
     _demo_raising(monkeypatch, KeyboardInterrupt())
     rc, _, err = _run(["demo", "--out", str(tmp_path / "d"), "--quiet"], capsys)

@@ -78,6 +78,8 @@ def _subparsers(parser: argparse.ArgumentParser):
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether ``exc`` is an error the user can fix (bad input, missing file or package), not a bug in keepset."""
+    if isinstance(exc, ImportError) and (exc.name or "").split(".")[0] == "keepset":
+        return False  # keepset's own modules are always installed: a broken import inside keepset is a bug
     if isinstance(exc, _USER_ERRORS):
         return True
     return any(cls.__name__ in _USER_ERROR_NAMES for cls in type(exc).__mro__)
