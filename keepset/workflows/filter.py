@@ -93,8 +93,8 @@ class FilterOptions:
             raise ValueError(f"{name('reference_epochs')} must be an integer >= 0 (0: automatic), "
                              f"got {self.reference_epochs!r}")
         if self.lr is not None and not (_real(self.lr) and np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"{name('lr')} must be a finite number > 0 (or None for the normalised step), "
-                             f"got {self.lr!r}")
+            raise ValueError(f"{name('lr')} must be a finite number > 0 ("
+                             f"{'leave it out' if flags else 'or None'} for the normalised step), got {self.lr!r}")
         if self.method not in ("proj", "cos"):
             raise ValueError(f"{name('method')} must be 'proj' or 'cos', got {self.method!r}")
         if not (_real(self.temperature) and np.isfinite(self.temperature) and self.temperature > 0):
