@@ -152,6 +152,17 @@ def bad_demo_out_under_a_file(tmp_path, run):
 
 
 @case
+def bad_demo_out_under_a_read_only_folder(tmp_path, run):
+    ro = tmp_path / "read-only"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root writes anywhere
+        ro.chmod(0o755)
+        pytest.skip("this user can write into a read-only folder (root)")
+    return "demo", ["demo", "--out", str(ro / "run"), "--quiet"], "cannot write under"
+
+
+@case
 def bad_demo_out_not_utf8(tmp_path, run):
     name = os.fsdecode(b"run-\xff")
     return "demo", ["demo", "--out", str(tmp_path / name), "--quiet"], "UTF-8"
@@ -206,6 +217,16 @@ def bad_filter_no_reference_source(tmp_path, run):
 @case
 def bad_filter_trusted_and_trusted_ids(tmp_path, run):
     return "filter", _filter(run, "--trusted", "digits", "--trusted-ids", str(run / "keep.npy")), "not both"
+
+
+@case
+def bad_filter_trusted_unknown_spec(tmp_path, run):
+    return "filter", _filter(run, "--trusted", "clean-digits"), "clean-digits"
+
+
+@case
+def bad_filter_trusted_file_missing(tmp_path, run):
+    return "filter", _filter(run, "--trusted", f"npz:{tmp_path / 'clean.npz'}"), "clean.npz"
 
 
 @case
