@@ -55,14 +55,6 @@ def fraction_open(text: str) -> float:
     return value
 
 
-def fraction_closed(text: str) -> float:
-    """A fraction in [0, 1]."""
-    value = _number(text, float, "a number in [0, 1]")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return value
-
-
 def ratio(text: str) -> float:
     """A keep ratio in (0, 1] (``keepset._checks.check_ratio``)."""
     from keepset._checks import check_ratio

@@ -12,7 +12,7 @@ import sys
 
 # argparse types that check numbers at parse time (in keepset._argtypes so that method modules can use them too)
 from keepset._argtypes import (  # noqa: F401
-    fraction_closed, fraction_open, int_at_least, nonnegative_int, positive_float, positive_int, ratio, seed,
+    fraction_open, int_at_least, nonnegative_int, positive_float, positive_int, ratio, seed,
 )
 
 #: ``literal`` (RST) in docstrings used as help descriptions: shown as plain text
@@ -107,14 +107,3 @@ def check_device(device: str) -> None:
         check(device)
     except ValueError as exc:
         raise ValueError(f"--device: {exc}") from None
-
-
-def refuse_unless(args, flags: dict[str, object], condition: bool, reason: str) -> None:
-    """ValueError for the first of ``flags`` ({dest: default}) set to a non-default value while ``condition`` is
-    False: the command would ignore it. ``reason`` says when the flag applies (e.g. "with --setting finetune")."""
-    if condition:
-        return
-    for dest, default in flags.items():
-        if getattr(args, dest) != default:
-            flag = "--" + dest.replace("_", "-")
-            raise ValueError(f"{flag} applies only {reason}; drop it (it would be ignored)")
