@@ -10,9 +10,7 @@ dynamics and the two checkpoints.
 
 from __future__ import annotations
 
-import argparse
-
-from keepset.cli._common import add_device, add_quiet, log_to_stderr
+from keepset.cli._common import add_device, add_quiet, command_parser, log_to_stderr
 from keepset.data import SPEC_HELP
 
 EXAMPLES = """examples:
@@ -24,49 +22,51 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("filter", help="Grad-Mimic on your own labelled data: scores by id, a keep list, "
-                                             "a quality estimate", description=__doc__, epilog=EXAMPLES,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(subparsers, "filter", help="Grad-Mimic on your own labelled data: scores by id, a keep list, "
+                                                   "a quality estimate", description=__doc__, epilog=EXAMPLES)
     p.add_argument("--data", required=True, help=f"the data to filter. {SPEC_HELP}")
     src = p.add_argument_group("the reference (one of --trusted / --trusted-ids, and / or --reference)")
-    src.add_argument("--trusted", default=None, help="a separate data set with clean labels (same classes)")
+    src.add_argument("--trusted", default=None,
+                     help="a separate data set with clean labels (same classes) (default: none)")
     src.add_argument("--trusted-ids", default=None, metavar="FILE",
                      help=".npy of ids inside --data whose labels are clean; they train the reference and are "
-                          "kept, not filtered")
+                          "kept, not filtered (default: none)")
     src.add_argument("--reference", default=None, metavar="CKPT",
                      help="a trained keepset network (.safetensors) to use as the reference; with trusted "
-                          "samples too, all of them are held out to check it")
+                          "samples too, all of them are held out to check it (default: none)")
     p.add_argument("--out", required=True, help="output folder (written whole at the end)")
     p.add_argument("--setting", choices=("probe", "finetune"), default="probe",
-                   help="probe: linear heads on the reference's frozen backbone (default, the paper's); "
+                   help="probe: linear heads on the reference's frozen backbone (the paper's); "
                         "finetune: whole networks from one shared initialisation")
     p.add_argument("--layers", default=None,
-                   help="scored layers in the finetune setting: a name, a module prefix or 'all' (default: all)")
+                   help="scored layers, finetune setting only: a name, a module prefix or 'all' (default: all)")
     p.add_argument("--backbone", choices=("mlp", "cnn"), default="mlp",
-                   help="the reference network trained on the trusted samples (default: mlp)")
+                   help="the reference network trained on the trusted samples (not with --reference)")
     p.add_argument("--holdout", type=float, default=0.2,
-                   help="fraction of the trusted samples held out to check the reference (default: 0.2)")
-    p.add_argument("--reference-epochs", type=int, default=0, help="epochs of the reference (default 0: automatic)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs of Grad-Mimic training (default: 20)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of Grad-Mimic training (default: 64)")
+                   help="fraction of the trusted samples held out to check the reference, in [0, 1) "
+                        "(not with --reference)")
+    p.add_argument("--reference-epochs", type=int, default=0,
+                   help="epochs of the reference, 0: automatic (not with --reference)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of Grad-Mimic training")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of Grad-Mimic training")
     p.add_argument("--lr", type=float, default=None,
                    help="SGD step of the model (default: probe 10 / mean squared feature norm, finetune 0.1)")
-    p.add_argument("--method", choices=("proj", "cos"), default="proj",
-                   help="Mimic Score behind the weights (default: proj)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (default: 1)")
+    p.add_argument("--method", choices=("proj", "cos"), default="proj", help="Mimic Score behind the weights")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (> 0)")
     p.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold",
-                   help="Stage 2 per-step rule (default: threshold 1/B on the normed score)")
+                   help="Stage 2 per-step rule (threshold: 1/B on the normed score)")
     p.add_argument("--vote", choices=("majority", "weighted"), default="majority",
-                   help="Stage 2 vote over a sample's visits (default: majority)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random step (default: 0)")
+                   help="Stage 2 vote over a sample's visits")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random step (an integer >= 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from keepset.workflows.filter import FilterConfig, FilterOptions, format_summary, run_filter
+def config(args):
+    """The filter's config from the parsed flags, validated (flags named as on the command line)."""
+    from keepset.workflows.filter import FilterConfig, FilterOptions
 
     opt = FilterOptions(setting=args.setting, layers=args.layers, backbone=args.backbone, holdout=args.holdout,
                         reference_epochs=args.reference_epochs, epochs=args.epochs, batch_size=args.batch_size,
@@ -74,6 +74,15 @@ def run(args) -> int:
                         vote=args.vote, seed=args.seed, device=args.device, progress=not args.quiet)
     cfg = FilterConfig(data=args.data, trusted=args.trusted, trusted_ids=args.trusted_ids, reference=args.reference,
                        out=args.out, overwrite=args.overwrite, options=opt)
+    return cfg.validate(flags=True)
+
+
+def run(args) -> int:
+    from keepset.io import check_output_dir
+    from keepset.workflows.filter import format_summary, run_filter
+
+    cfg = config(args)
+    check_output_dir(cfg.out, cfg.overwrite)
     summary = run_filter(cfg, log=log_to_stderr(args.quiet))
     print(format_summary(summary))
     print(f"wrote {args.out}/: scores.parquet, keep.npy, summary.json, manifest.json, dynamics/")
