@@ -3,9 +3,8 @@
 ``head.weight`` only, mean gradient for the bias, torch SGD with momentum), with Stage 1 weighting
 variants and the scores of held-out calibration samples recorded at every step.
 
-Calibration samples are scored at the current weights before each step's update, with no gradient
-contribution (``mode="unseen"``), or they join the training set with their clean labels and are trained
-on like every other sample (``mode="planted"``).
+Calibration (holdout) samples are scored at the current weights before each step's update, with no
+gradient contribution: ``holdout_per_step`` of them per step, from consecutive seeded permutations.
 
 Stage 1 weighting (``Weighting``):
     kind "uniform"   plain SGD (scores recorded only)
@@ -67,8 +66,7 @@ class HeadRun:
 
     step, epoch, pos, mimic, weight : [M] one record per (train sample, visit)
     cal_scores : (schedule int64 [S, m], scores float32 [S, m]): the proj scores of ``m`` scheduled
-        calibration samples at every step (mode "unseen", ``holdout_schedule``), or None (mode "planted":
-        the calibration samples are in the records, positions N..N+H-1)
+        calibration samples at every step (``holdout_schedule``)
     test_accuracy, ess : final test accuracy; mean effective batch size 1 / sum w^2 over steps
     epoch_accuracy : test accuracy after every epoch (the final one is ``test_accuracy``)
     """
@@ -161,20 +159,18 @@ def _holdout_scores(Fc, Yc, Wref, Ws, bs, vns, sched: np.ndarray, chunk: int = 5
 
 
 def train_head(f_train, labels, f_cal, y_cal, f_test, y_test, ref_weight, ref_bias, *, weighting: Weighting,
-               epochs: int = 10, batch_size: int = 64, lr: float, seed: int, mode: str = "unseen", holdout_per_step: int = 128) -> HeadRun:
+               epochs: int = 10, batch_size: int = 64, lr: float, seed: int,
+               holdout_per_step: int = 128) -> HeadRun:
     """Train a fresh linear head (init ``torch.manual_seed(seed + 1)``, batch order from ``seed``)."""
     from keepset.models import LinearProbe
 
+    grad_was = torch.is_grad_enabled()
     torch.set_grad_enabled(False)
     try:
         F = torch.as_tensor(np.asarray(f_train, np.float32))
         Y = torch.as_tensor(np.asarray(labels, np.int64))
         Fc = torch.as_tensor(np.asarray(f_cal, np.float32))
         Yc = torch.as_tensor(np.asarray(y_cal, np.int64))
-        if mode == "planted":
-            F, Y = torch.cat([F, Fc]), torch.cat([Y, Yc])
-        elif mode != "unseen":
-            raise ValueError(f"mode must be 'unseen' or 'planted', got {mode!r}")
         n, d = F.shape
         k = ref_weight.shape[0]
         torch.manual_seed(seed + 1)
@@ -189,8 +185,7 @@ def train_head(f_train, labels, f_cal, y_cal, f_test, y_test, ref_weight, ref_bi
         total = spe * epochs
         rec = {k_: [] for k_ in ("step", "epoch", "pos", "mimic", "weight", "normed1")}
         # weights before every step; the calibration scores are computed from them after training, in chunks
-        hist = ((torch.empty(total, k, d), torch.empty(total, k), torch.empty(total))
-                if mode == "unseen" else None)
+        hist = (torch.empty(total, k, d), torch.empty(total, k), torch.empty(total))
         ess = []
         Ft, yt = torch.as_tensor(np.asarray(f_test, np.float32)), np.asarray(y_test)
         epoch_acc = []
@@ -242,7 +237,7 @@ def train_head(f_train, labels, f_cal, y_cal, f_test, y_test, ref_weight, ref_bi
             cal = (sched, _holdout_scores(Fc, Yc, Wref, *hist, sched))
         acc = epoch_acc[-1]
     finally:
-        torch.set_grad_enabled(True)
+        torch.set_grad_enabled(grad_was)
     out = {k_: np.concatenate(v) for k_, v in rec.items()}
     sizes = np.bincount(out["step"], minlength=total)
     return HeadRun(out["step"], out["epoch"], out["pos"].astype(np.int64), out["mimic"].astype(np.float64),

@@ -84,3 +84,52 @@ def run_report(args) -> int:
         for v in args.variants:
             print(stage2_tables(s2, data, model, setting, v, rules))
     return 0
+
+
+def summary_table(rows, data, model, setting, *, default=("lfdr", "count_avg"), today=("tau1", "paper_threshold"),
+                  extra=(("lfdr", "count_l0.1"), ("lfdr", "reference"))) -> str:
+    """One table per metric: today's Stage 2 (the paper's threshold on today's Grad-Mimic recording), the
+    chosen default, and extra (variant, rule) rows, over noise kinds and rates."""
+    rows = [r for r in rows if (r["data"], r["model"], r["setting"]) == (data, model, setting)]
+    if not rows:
+        return ""
+    cols, names = _cols(rows)
+    g = defaultdict(list)
+    for r in rows:
+        for rule, m in r["metrics"].items():
+            for metric in ("f1", "quality_err", "quality_est", "kept", "precision", "recall"):
+                g[(r["variant"], rule, metric, r["kind"], r["rate"])].append(m[metric])
+    pairs = [today, default] + list(extra)
+    label = {today: f"today: {today[1]} on `{today[0]}`", default: f"**default: {default[1]} on `{default[0]}`**"}
+    out = [f"\n{data} {model} ({setting} reference), seeds {sorted({r['seed'] for r in rows})}\n",
+           "| metric | Stage 1 / rule | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for metric in ("f1", "quality_err", "kept"):
+        for v, rule in pairs:
+            cells = []
+            for c in cols:
+                if metric == "f1" and c[0] == "none":
+                    cells.append("–")
+                elif metric == "kept" and c[0] != "none":
+                    cells.append("")
+                else:
+                    cells.append(_ms(g.get((v, rule, metric) + c, [])))
+            if metric == "kept":
+                cells = [cells[0]] + [""] * (len(cols) - 1)
+            out.append(f"| {metric} | {label.get((v, rule), f'{rule} on `{v}`')} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def shift_table(rows, variant="lfdr") -> str:
+    """Fraction of clean training samples whose calibrated p-value is <= alpha (calibrated: = alpha)."""
+    g = defaultdict(list)
+    for r in rows:
+        if r["variant"] != variant:
+            continue
+        key = (r["data"], r["model"], r["setting"], "noise 0" if r["rate"] == 0 else "noisy")
+        g[key].append([r["clean_p_below"][a] for a in ("0.01", "0.02", "0.05", "0.1")])
+    out = ["| data | model | reference | labels | p <= 0.01 | p <= 0.02 | p <= 0.05 | p <= 0.1 | runs |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(g):
+        a = np.array(g[key])
+        out.append("| " + " | ".join(key) + " | " + " | ".join(f"{m:.4f}" for m in a.mean(0)) + f" | {len(a)} |")
+    return "\n".join(out)

@@ -43,6 +43,9 @@ def variants():
         "mix0.5": Weighting(mix=0.5),
         "one1": Weighting("onesided", 1),
         "warm1": Weighting(start_epoch=1),
+        "rel1": Weighting("relative", 1.0),  # scale-free: tau = std of the batch's scores
+        "rel2": Weighting("relative", 2.0),
+        "cos0.1": Weighting(tau=0.1, score="cos"),
         "gate": Weighting("gate", 0.5, q=0.1),
         "fdr": Weighting("fdr", window=20),
         "lfdr": Weighting("lfdr", window=20),
@@ -62,6 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"Stage 1 weightings (heads phase); known: {', '.join(variants())}")
     p.add_argument("--holdout", type=float, default=0.2, help="fraction of the trusted split held out")
     p.add_argument("--epochs", type=int, default=None, help="head epochs (default: bench 10, demo 20)")
+    p.add_argument("--holdout-per-step", type=int, default=128,
+                   help="holdout samples scored per step (all of them when fewer)")
     p.add_argument("--no-save", action="store_true", help="heads: keep only the accuracy, not the records")
     p.add_argument("--root", default=str(ROOT))
 
@@ -74,7 +79,9 @@ def _cells(args):
 
 
 def _tag(args, seed, kind, rate, variant) -> str:
-    return f"{args.data.replace(':', '_')}-{args.model}-{args.setting}-h{args.holdout:g}-s{seed}-{kind}-{rate:g}-{variant}"
+    m = "" if args.holdout_per_step == 128 else f"-m{args.holdout_per_step}"
+    return (f"{args.data.replace(':', '_')}-{args.model}-{args.setting}-h{args.holdout:g}{m}-s{seed}-{kind}-{rate:g}-"
+            f"{variant}")
 
 
 def noisy(y, kind, rate, k, seed):
@@ -113,7 +120,8 @@ def run_heads(args) -> int:
                 lr = probe_learning_rate(f.f_train)
             t0 = time.perf_counter()
             run = train_head(f.f_train, labels, f.f_cal, f.y_cal, f.f_test, f.y_test, f.ref_weight, f.ref_bias,
-                             weighting=table[v], epochs=epochs, lr=lr, seed=seed)
+                             weighting=table[v], epochs=epochs, lr=lr, seed=seed,
+                             holdout_per_step=args.holdout_per_step)
             secs = time.perf_counter() - t0
             if not args.no_save:
                 sched, cs = run.cal_scores
@@ -122,7 +130,7 @@ def run_heads(args) -> int:
                          normed1=run.normed1.astype(np.float32), weight=run.weight.astype(np.float32),
                          cal_pos=sched.astype(np.int32), cal_score=cs, labels=labels, corrupted=corrupted,
                          batch_sizes=run.batch_sizes)
-            rec = {"tag": tag, "data": args.data, "model": args.model, "setting": args.setting,
+            rec = {"tag": tag, "holdout_per_step": args.holdout_per_step, "data": args.data, "model": args.model, "setting": args.setting,
                    "holdout": args.holdout, "seed": seed, "kind": kind, "rate": rate, "variant": v,
                    "epochs": epochs, "accuracy": run.test_accuracy, "epoch_accuracy": run.epoch_accuracy,
                    "ess": run.ess, "true_quality": float(1 - corrupted.mean()), "seconds": secs,
