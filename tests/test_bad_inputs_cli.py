@@ -206,7 +206,16 @@ def bad_demo_unknown_device(tmp_path, run):
 # ---------------------------------------------------------------- keepset filter
 
 def _filter(run: Path, *extra: str) -> list[str]:
-    return ["filter", "--data", "digits", "--out", str(run.parent / "filtered"), "--quiet", *extra]
+    # a reference alone has no held-out trusted samples: the paper's rules, so that each case tests its own point
+    alone = "--reference" in extra and not {"--trusted", "--trusted-ids"} & set(extra)
+    rules = ["--binarize", "threshold", "--weighting", "softmax"] if alone else []
+    return ["filter", "--data", "digits", "--out", str(run.parent / "filtered"), "--quiet", *rules, *extra]
+
+
+@case
+def bad_filter_reference_alone_with_the_calibrated_rule(tmp_path, run):
+    return "filter", ["filter", "--data", "digits", "--reference", str(run / "reference.safetensors"),
+                      "--out", str(run.parent / "filtered"), "--quiet"], "--trusted-ids"
 
 
 @case
@@ -286,7 +295,7 @@ def bad_filter_finetune_with_reference(tmp_path, run):
 @case
 def bad_filter_into_previous_run(tmp_path, run):
     return "filter", ["filter", "--data", "digits", "--reference", str(run / "reference.safetensors"),
-                      "--out", str(run), "--quiet"], "--overwrite"
+                      "--binarize", "threshold", "--weighting", "softmax", "--out", str(run), "--quiet"], "--overwrite"
 
 
 # ---------------------------------------------------------------- keepset score

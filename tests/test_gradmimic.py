@@ -364,3 +364,73 @@ def test_a_call_structure_change_after_the_first_batch_is_refused_not_silently_w
     with pytest.raises(ValueError, match="fused=False"):
         gm.loss(model, x, y, np.arange(8))
     assert all(isinstance(p, torch.nn.Parameter) for p in model.parameters())
+
+
+def _holdout_problem():
+    torch.manual_seed(4)
+    model, reference = MLP(6, 3, hidden=(5,)), MLP(6, 3, hidden=(5,))
+    x, y = torch.randn(48, 6), torch.randint(0, 3, (48,))
+    hx, hy = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    return model, reference, x, y, hx, hy, np.arange(1000, 1040)
+
+
+def test_holdout_scores_are_recorded_at_each_steps_weights_and_never_touch_training(tmp_path):
+    from keepset.models.mimic import mimic_scores
+
+    model, reference, x, y, hx, hy, hids = _holdout_problem()
+    plain = copy.deepcopy(model)
+    gm = GradMimic(reference, layers="all", weighting="softmax", holdout=(hx, hy, hids), holdout_per_step=16,
+                   record_to=tmp_path / "dyn")
+    gm0 = GradMimic(reference, layers="all", weighting="softmax")
+    opt, opt0 = torch.optim.SGD(model.parameters(), lr=0.2), torch.optim.SGD(plain.parameters(), lr=0.2)
+    expected = []
+    for step in range(6):
+        sl = slice(step * 8, (step + 1) * 8)
+        pos = gm.holdout.positions(step)
+        assert len(set(pos.tolist())) == 16  # never a sample twice in a step
+        expected.append(mimic_scores(copy.deepcopy(model), reference, hx[pos], hy[pos], layers="all"))
+        for m, g, o in ((model, gm, opt), (plain, gm0, opt0)):
+            o.zero_grad()
+            g.loss(m, x[sl], y[sl], np.arange(48)[sl], epoch=0).backward()
+            o.step()
+    gm.close()
+    for p, q in zip(model.parameters(), plain.parameters()):
+        torch.testing.assert_close(p, q)  # the held-out samples changed nothing in training
+    held = DynamicsRecorder.open(tmp_path / "dyn" / "holdout").read()
+    assert held["step"].tolist() == [s for s in range(6) for _ in range(16)]
+    assert set(held["id"].tolist()) <= set(hids.tolist())
+    np.testing.assert_allclose(held["mimic"], torch.cat(expected).numpy(), rtol=1e-5, atol=1e-6)
+    # every held-out sample is scored about equally often
+    counts = np.bincount(held["id"] - 1000, minlength=40)
+    assert counts.max() - counts.min() <= 16
+
+
+def test_lfdr_weights_follow_their_definition_batch_after_batch():
+    """w = min(1, pi0 / g(p)) with p the conformal p-value against the step's held-out scores and g the
+    20-bin density of the last 20 batches' p-values (monotone in p), pi0 Storey's at 0.5; normalised."""
+    model, reference, x, y, hx, hy, hids = _holdout_problem()
+    gm = GradMimic(reference, holdout=(hx, hy, hids), holdout_per_step=16)
+    assert gm.weighting == "lfdr"
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    recent = []
+    from keepset.models.mimic import mimic_scores
+
+    for step in range(6):
+        sl = slice(step * 8, (step + 1) * 8)
+        pos = gm.holdout.positions(step)
+        hold = mimic_scores(copy.deepcopy(model), reference, hx[pos], hy[pos]).double().numpy()
+        s = mimic_scores(copy.deepcopy(model), reference, x[sl], y[sl]).double().numpy()
+        p = (1 + (hold[None, :] <= s[:, None]).sum(1)) / (len(hold) + 1)
+        recent = (recent + [p])[-20:]
+        pool = np.concatenate(recent)
+        g = np.bincount(np.clip((pool * 20).astype(int), 0, 19), minlength=20) * 20 / len(pool)
+        pi0 = min(1.0, (pool > 0.5).mean() / 0.5)
+        per_bin = np.maximum.accumulate(np.minimum(pi0 / np.maximum(g, 1e-12), 1.0))
+        want = per_bin[np.clip((p * 20).astype(int), 0, 19)]
+        want = want / want.sum()
+        opt.zero_grad()
+        gm.loss(model, x[sl], y[sl], np.arange(48)[sl]).backward()
+        opt.step()
+        np.testing.assert_allclose(gm.last_weights.numpy(), want, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="holdout"):
+        GradMimic(reference, weighting="lfdr")

@@ -10,6 +10,7 @@ two checkpoints, the recorded dynamics and manifest.json.
 from __future__ import annotations
 
 from keepset.cli._common import add_device, add_quiet, command_parser, log_to_stderr
+from keepset.cli._training_flags import add_training_flags, training_options
 from keepset.data import NOISE_KINDS, SPEC_HELP
 
 EXAMPLES = """examples:
@@ -27,24 +28,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--noise-kind", choices=NOISE_KINDS, default="symmetric", help="how wrong labels are drawn")
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the noise and training (an integer >= 0)")
     p.add_argument("--out", default="out/demo", help="output folder (written whole at the end)")
-    p.add_argument("--setting", choices=("probe", "finetune"), default="probe",
-                   help="probe: linear heads on the reference's frozen backbone (the paper's); "
-                        "finetune: whole networks from one shared initialisation")
-    p.add_argument("--layers", default=None,
-                   help="scored layers, finetune setting only: a name, a module prefix or 'all' (default: all)")
-    p.add_argument("--backbone", choices=("mlp", "cnn"), default="mlp", help="reference network: MLP or the small CNN")
-    p.add_argument("--holdout", type=float, default=0.2,
-                   help="fraction of the trusted split held out to check the reference, in [0, 1)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs of head training")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per training batch")
-    p.add_argument("--lr", type=float, default=None,
-                   help="SGD learning rate (default: probe 10 / mean squared feature norm, finetune 0.1)")
-    p.add_argument("--method", choices=("proj", "cos"), default="proj", help="Mimic Score behind the weights")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (> 0)")
-    p.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold",
-                   help="Stage 2 per-step binarisation (threshold: 1/B on the normed score)")
-    p.add_argument("--vote", choices=("majority", "weighted"), default="majority",
-                   help="Stage 2 vote over a sample's visits")
+    add_training_flags(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_device(p)
     add_quiet(p)
@@ -55,11 +39,8 @@ def config(args):
     """The demo's config from the parsed flags, validated (flags named as on the command line)."""
     from keepset.workflows.demo import DemoConfig
 
-    cfg = DemoConfig(data=args.data, setting=args.setting, layers=args.layers, noise=args.noise,
-                     noise_kind=args.noise_kind, seed=args.seed, out=args.out, backbone=args.backbone,
-                     holdout=args.holdout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     method=args.method, temperature=args.temperature, binarize=args.binarize, vote=args.vote,
-                     device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    cfg = DemoConfig(data=args.data, noise=args.noise, noise_kind=args.noise_kind, seed=args.seed, out=args.out,
+                     device=args.device, overwrite=args.overwrite, progress=not args.quiet, **training_options(args))
     return cfg.validate(flags=True)
 
 

@@ -11,6 +11,7 @@ dynamics and the two checkpoints.
 from __future__ import annotations
 
 from keepset.cli._common import add_device, add_quiet, command_parser, log_to_stderr
+from keepset.cli._training_flags import add_training_flags, training_options
 from keepset.data import SPEC_HELP
 
 EXAMPLES = """examples:
@@ -35,28 +36,9 @@ def add_parser(subparsers) -> None:
                      help="a trained keepset network (.safetensors) to use as the reference; with trusted "
                           "samples too, all of them are held out to check it (default: none)")
     p.add_argument("--out", required=True, help="output folder (written whole at the end)")
-    p.add_argument("--setting", choices=("probe", "finetune"), default="probe",
-                   help="probe: linear heads on the reference's frozen backbone (the paper's); "
-                        "finetune: whole networks from one shared initialisation")
-    p.add_argument("--layers", default=None,
-                   help="scored layers, finetune setting only: a name, a module prefix or 'all' (default: all)")
-    p.add_argument("--backbone", choices=("mlp", "cnn"), default="mlp",
-                   help="the reference network trained on the trusted samples (not with --reference)")
-    p.add_argument("--holdout", type=float, default=0.2,
-                   help="fraction of the trusted samples held out to check the reference, in [0, 1) "
-                        "(not with --reference)")
+    add_training_flags(p)
     p.add_argument("--reference-epochs", type=int, default=0,
                    help="epochs of the reference, 0: automatic (not with --reference)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs of Grad-Mimic training")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of Grad-Mimic training")
-    p.add_argument("--lr", type=float, default=None,
-                   help="SGD step of the model (default: probe 10 / mean squared feature norm, finetune 0.1)")
-    p.add_argument("--method", choices=("proj", "cos"), default="proj", help="Mimic Score behind the weights")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (> 0)")
-    p.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold",
-                   help="Stage 2 per-step rule (threshold: 1/B on the normed score)")
-    p.add_argument("--vote", choices=("majority", "weighted"), default="majority",
-                   help="Stage 2 vote over a sample's visits")
     p.add_argument("--seed", type=int, default=0, help="seed of every random step (an integer >= 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_device(p)
@@ -68,10 +50,8 @@ def config(args):
     """The filter's config from the parsed flags, validated (flags named as on the command line)."""
     from keepset.workflows.filter import FilterConfig, FilterOptions
 
-    opt = FilterOptions(setting=args.setting, layers=args.layers, backbone=args.backbone, holdout=args.holdout,
-                        reference_epochs=args.reference_epochs, epochs=args.epochs, batch_size=args.batch_size,
-                        lr=args.lr, method=args.method, temperature=args.temperature, binarize=args.binarize,
-                        vote=args.vote, seed=args.seed, device=args.device, progress=not args.quiet)
+    opt = FilterOptions(**training_options(args), reference_epochs=args.reference_epochs, seed=args.seed,
+                        device=args.device, progress=not args.quiet)
     cfg = FilterConfig(data=args.data, trusted=args.trusted, trusted_ids=args.trusted_ids, reference=args.reference,
                        out=args.out, overwrite=args.overwrite, options=opt)
     return cfg.validate(flags=True)

@@ -86,23 +86,8 @@ def step_decisions(recorder, *, binarize: str = "threshold", field: str | None =
         field = "mimic_normed" if binarize == "threshold" else "mimic"
     if field not in recorder.fields:
         raise ValueError(f"the recorded dynamics have no field {field!r} (have {list(recorder.fields)})")
-    carry: dict[str, np.ndarray] | None = None
-    last_step = -1
-    cols = ["id", "step", "epoch", field]
-    for chunk in recorder.iter_chunks(cols, rows=rows):
-        if len(chunk["step"]) and (chunk["step"][0] < last_step or (np.diff(chunk["step"]) < 0).any()):
-            raise ValueError("the recorded steps are out of order; Stage 2 reads logs written step by step "
-                             "(merge per-process logs with keepset.recorder before filtering)")
-        if len(chunk["step"]):
-            last_step = int(chunk["step"][-1])
-        if carry is not None:
-            chunk = {c: np.concatenate([carry[c], chunk[c]]) for c in cols}
-        done = chunk["step"] != last_step  # the last step may continue in the next chunk
-        carry = {c: chunk[c][~done] for c in cols}
-        if done.any():
-            yield _decide_chunk({c: chunk[c][done] for c in cols}, field, binarize)
-    if carry is not None and len(carry["step"]):
-        yield _decide_chunk(carry, field, binarize)
+    for chunk in _complete_steps(recorder, ["id", "step", "epoch", field], rows):
+        yield _decide_chunk(chunk, field, binarize)
 
 
 def _decide_chunk(chunk: dict, field: str, binarize: str) -> dict[str, np.ndarray]:
@@ -159,6 +144,79 @@ def stage2_filter(recorder, *, binarize: str = "threshold", vote: str = "majorit
         recorder = DynamicsRecorder.open(recorder)
     _, yes, total = stage2_votes(recorder, binarize=binarize, vote=vote, field=field, ids=ids)
     return _decide(yes, total, unseen)
+
+
+def calibrated_stage2(recorder, holdout_recorder, *, ids=None, reference_quality: float | None = None,
+                      method: str = "count", false_discard_rate: float = 0.01, draws: int = 8, seed: int = 0,
+                      unseen: str = "error", rows: int = 1 << 20):
+    """The calibrated Stage 2 (``keepset.selection.calibrated``) from a run's recorded dynamics, out of core.
+
+    recorder : the training log (field ``mimic``); holdout_recorder : the held-out trusted samples' log (their
+    ``mimic`` at every step, ``GradMimic(holdout=...)``). The held-out log (``per_step`` records a step) is read
+    whole; the training log streams one chunk of complete steps at a time. ids : the samples to decide for, in
+    the caller's order (default the log's unique ids); recorded ids missing from them raise ValueError.
+    reference_quality : the reference's corrected agreement with the labels, averaged into the clean-fraction
+    estimate (None: Storey's estimate alone).
+    Returns a ``CalibratedResult`` whose arrays follow ``ids`` (``quality``: the estimated clean fraction).
+    """
+    from dataclasses import replace
+
+    from keepset.recorder import IdIndex, target_ids
+    from keepset.selection.calibrated import CalibratedStage2
+
+    if isinstance(recorder, (str, os.PathLike)):
+        from keepset.recorder import DynamicsRecorder
+
+        recorder = DynamicsRecorder.open(recorder)
+    index, where = target_ids(recorder, ids)
+    hold = holdout_recorder.read(["id", "step", "epoch", "mimic"])
+    if not len(hold["id"]):
+        raise ValueError("the held-out samples were never scored: record them with GradMimic(holdout=...)")
+    h_index = IdIndex.of_log(holdout_recorder)
+    n = len(index)
+    h_pos = h_index.positions(hold["id"]) + n  # dense integer ids, disjoint from the training ones
+    order = np.argsort(hold["step"], kind="stable")
+    h_step, h_epoch, h_score, h_pos = hold["step"][order], hold["epoch"][order], hold["mimic"][order], h_pos[order]
+    acc = CalibratedStage2(np.arange(n), np.arange(n, n + len(h_index)), draws=draws, seed=seed)
+    for chunk in _complete_steps(recorder, ["id", "step", "mimic"], rows):
+        lo, hi = np.searchsorted(h_step, [chunk["step"][0], chunk["step"][-1] + 1])
+        acc.add_steps(index.positions(chunk["id"]), chunk["step"], chunk["mimic"], h_pos[lo:hi],
+                      np.maximum(h_epoch[lo:hi], 0), h_step[lo:hi], h_score[lo:hi])
+    res = acc.result(method=method, false_discard_rate=false_discard_rate, reference_quality=reference_quality,
+                     unseen=unseen)
+    if ids is None:
+        return replace(res, ids=index.ids)
+    from keepset._ids import check_ids
+
+    out_ids = check_ids(ids, "ids")
+    keep = np.full(len(out_ids), unseen == "keep")
+    pvalues = np.ones(len(out_ids))
+    statistic = np.full(len(out_ids), np.nan)
+    keep[where], pvalues[where], statistic[where] = res.keep, res.pvalues, res.statistic
+    if unseen == "error" and len(out_ids) > n:
+        raise ValueError(f"{len(out_ids) - n} samples were never scored; pass unseen='keep' or 'drop' "
+                         "(--unseen on the CLI) to decide for them, or record more steps")
+    return replace(res, ids=out_ids, keep=keep, pvalues=pvalues, statistic=statistic)
+
+
+def _complete_steps(recorder, cols: list, rows: int):
+    """The log's records in chunks of complete steps (a step never split across chunks), in step order."""
+    carry = None
+    last = -1
+    for chunk in recorder.iter_chunks(cols, rows=rows):
+        if not len(chunk["step"]):
+            continue
+        if chunk["step"][0] < last or (np.diff(chunk["step"]) < 0).any():
+            raise ValueError("the recorded steps are out of order; Stage 2 reads logs written step by step")
+        last = int(chunk["step"][-1])
+        if carry is not None:
+            chunk = {c: np.concatenate([carry[c], chunk[c]]) for c in cols}
+        done = chunk["step"] != last
+        carry = {c: chunk[c][~done] for c in cols}
+        if done.any():
+            yield {c: chunk[c][done] for c in cols}
+    if carry is not None and len(carry["step"]):
+        yield carry
 
 
 def rank_by_dynamics(recorder, ratio: float, *, how: str = "mean", field: str = "mimic", ids=None) -> np.ndarray:

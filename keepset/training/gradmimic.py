@@ -47,41 +47,18 @@ from keepset.models.mimic import (
 )
 from keepset.models.sample_gradients import fused_step_applies, layer_terms
 from keepset.recorder import DynamicsRecorder
+from keepset.training.holdout import Holdout, lfdr_weights
+from keepset.training.normalise import BatchNormaliser
 from keepset.training.online import OnlineMethod, call_model, check_batch, model_outputs, per_sample_losses
 
 #: fields of every record GradMimic writes: the raw score, its softmax over the batch, the weight applied
 RECORD_FIELDS = ("mimic", "mimic_normed", "weight")
+#: fields of the held-out samples' records
+HOLDOUT_FIELDS = ("mimic",)
 APPLY_TO = ("layers", "all")
-
-
-class _Normaliser:
-    """The softmax of a batch's scores over the batch, or, under DDP, over the global batch of every rank
-    (two all-reduces of scalars on a process group of its own, so DDP's gradient buckets are never mixed in)."""
-
-    def __init__(self, ddp=None):
-        self.group, self.world, self.comm_device = None, 1, None
-        if ddp is not None:
-            import torch.distributed as dist
-
-            ranks = dist.get_process_group_ranks(ddp.process_group)
-            self.group = dist.new_group(ranks=ranks)
-            self.world = len(ranks)
-            self.comm_device = "cuda" if dist.get_backend(self.group) == "nccl" else "cpu"
-
-    def softmax(self, score: torch.Tensor, temperature: float) -> tuple[torch.Tensor, float]:
-        """(softmax of score / temperature over the (global) batch [B], the (global) batch size)."""
-        z = score / temperature
-        if self.group is None:
-            return torch.softmax(z, dim=0), float(len(z))
-        import torch.distributed as dist
-
-        top = z.max().detach().to(self.comm_device, torch.float64).reshape(1)
-        dist.all_reduce(top, op=dist.ReduceOp.MAX, group=self.group)
-        e = torch.exp(z - top.to(z.device, z.dtype))
-        stats = torch.stack([e.sum().double(), torch.tensor(float(len(z)), dtype=torch.float64, device=z.device)])
-        stats = stats.detach().to(self.comm_device)
-        dist.all_reduce(stats, op=dist.ReduceOp.SUM, group=self.group)
-        return e / stats[0].to(z.device, z.dtype), float(stats[1])
+#: how a batch's scores become its weights: "softmax" (softmax(score / tau), the paper's), "lfdr" (calibrated by
+#: held-out trusted samples: keepset.training.holdout), "auto" (lfdr with a holdout, softmax without)
+WEIGHTINGS = ("auto", "softmax", "lfdr")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -95,7 +72,7 @@ class _Pending:
     """One batch's state between its forward and the end of its backward."""
 
     __slots__ = ("ids", "y", "step", "epoch", "calls", "twice", "deltas", "multiplier", "disabled", "b", "anchor",
-                 "leaves", "swap", "swapped")
+                 "leaves", "swap", "swapped", "hold")
 
     def __init__(self, ids, y, step: int, epoch: int):
         self.ids, self.y, self.step, self.epoch = ids, y, step, epoch
@@ -109,6 +86,7 @@ class _Pending:
         self.leaves: list[str] = []
         self.swap = False  # the scored parameters enter the forward detached; _Finish returns their whole gradient
         self.swapped: dict[str, list] = {}
+        self.hold: torch.Tensor | None = None  # the held-out samples' scores at this step
 
 
 class _Capture(torch.autograd.Function):
@@ -169,6 +147,12 @@ class GradMimic(OnlineMethod):
         "all", a parameter name, a module prefix or a list.
     method : "proj" or "cos"; the weights are ``softmax(score / temperature)`` over each batch.
     temperature : softmax temperature tau (> 0).
+    holdout : held-out trusted samples ``(x, y, ids)`` (or a ``keepset.training.holdout.Holdout``) that the model
+        never trains on: ``holdout_per_step`` of them are scored at every step, before its update, and recorded
+        (``holdout_record_to``, default ``record_to/holdout``); they calibrate the weights and the Stage 2 filter.
+    holdout_per_step : held-out samples scored per step (default 32).
+    weighting : "auto" (default: "lfdr" with a holdout, "softmax" without), "softmax" (``softmax(score / tau)``, the
+        paper's) or "lfdr" (``keepset.training.holdout.lfdr_weights``: on clean data uniform, i.e. plain SGD).
     reweight : apply the weights (False: score and record only; training is plain mean-loss training).
     start_epoch : first epoch at which the weights apply (scores are recorded from the start).
     apply_to : "layers" (the weights apply to the scored parameters, the others keep the mean gradient) or "all".
@@ -188,7 +172,8 @@ class GradMimic(OnlineMethod):
     def __init__(self, reference: nn.Module, *, layers: str | Sequence[str] | None = None, method: str = "proj",
                  temperature: float = 1.0, reweight: bool = True, start_epoch: int = 0, apply_to: str = "layers",
                  record_to: str | Path | DynamicsRecorder | None = None, resume: bool = False,
-                 loss_fn: Callable | None = None, fused: bool = True, allow_partial_reference: bool = False):
+                 loss_fn: Callable | None = None, fused: bool = True, allow_partial_reference: bool = False,
+                 holdout=None, holdout_per_step: int = 32, holdout_record_to=None, weighting: str = "auto"):
         super().__init__(loss_fn)
         if not isinstance(reference, nn.Module):
             raise ValueError(f"reference must be an nn.Module (the reference model), got {type(reference).__name__}")
@@ -206,7 +191,28 @@ class GradMimic(OnlineMethod):
         self.temperature, self.reweight, self.start_epoch = temperature, bool(reweight), int(start_epoch)
         self.apply_to, self.fused = apply_to, bool(fused)
         self.allow_partial_reference = bool(allow_partial_reference)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if holdout is not None and not isinstance(holdout, Holdout):
+            if not isinstance(holdout, (tuple, list)) or len(holdout) != 3:
+                raise ValueError("holdout must be (x, y, ids) of the held-out trusted samples, or a Holdout")
+            holdout = Holdout(*holdout, per_step=holdout_per_step)
+        if weighting == "lfdr" and holdout is None:
+            raise ValueError("weighting='lfdr' is calibrated by held-out trusted samples: pass holdout=(x, y, ids), "
+                             "or weighting='softmax'")
+        self.holdout = holdout
+        self.weighting = ("lfdr" if holdout is not None else "softmax") if weighting == "auto" else weighting
+        self._recent: list = []  # the p-values of the last batches (lfdr)
         self.recorder = self._make_recorder(_rank_folder(record_to), resume)
+        self.holdout_recorder = None
+        if holdout is not None:
+            target = holdout_record_to
+            if target is None and self.recorder is not None and self.recorder.directory is not None:
+                target = self.recorder.directory / "holdout"
+            if isinstance(target, DynamicsRecorder):
+                self.holdout_recorder = target
+            elif target is not None and _is_first_rank():
+                self.holdout_recorder = DynamicsRecorder(target, HOLDOUT_FIELDS, resume=resume)
         if self.recorder is not None:
             self.step = self.recorder.next_step
         self.names: list[str] = []
@@ -219,7 +225,7 @@ class GradMimic(OnlineMethod):
         self._handles: list = []
         self._armed: _Pending | None = None
         self._trainable: list[str] = []
-        self._norm = _Normaliser()
+        self._norm = BatchNormaliser()
         self._coupling_checked = False
 
     @staticmethod
@@ -251,7 +257,7 @@ class GradMimic(OnlineMethod):
         self._model = inner
         from torch.nn.parallel import DistributedDataParallel
 
-        self._norm = _Normaliser(model if isinstance(model, DistributedDataParallel) else None)
+        self._norm = BatchNormaliser(model if isinstance(model, DistributedDataParallel) else None)
         self._covered = self._fused_plan(inner) if self.fused else None
         self._swap_ok = False
         if self._covered is not None:
@@ -277,8 +283,9 @@ class GradMimic(OnlineMethod):
         """Flush the recorded dynamics and take the forward hooks off the model."""
         self._remove_hooks()
         self._model = None
-        if self.recorder is not None:
-            self.recorder.flush()
+        for rec in (self.recorder, self.holdout_recorder):
+            if rec is not None:
+                rec.flush()
 
     def __del__(self):
         try:
@@ -346,7 +353,8 @@ class GradMimic(OnlineMethod):
         if ids is None:
             raise ValueError("pass the batch's sample ids: keepset records and joins every sample by id")
         ids, y = check_batch(len(ids), y, ids)
-        self._arm(inner, ids, y)
+        hold = self._score_holdout(inner)
+        self._arm(inner, ids, y).hold = hold
 
     def _arm(self, inner: nn.Module, ids, y) -> _Pending:
         pending = _Pending(ids, y, self.step, self.epoch)
@@ -386,7 +394,10 @@ class GradMimic(OnlineMethod):
         if epoch is not None:
             self.epoch = int(epoch)
         ids, y = check_batch(x, y, ids)
+        hold = self._score_holdout(inner)
         pending = self._arm(inner, ids, y) if self._covered is not None else None
+        if pending is not None:
+            pending.hold = hold
         head_capture: dict = {}
         handle = None
         if pending is None and _closed_form_applies(inner, self.names, self.loss_fn):
@@ -411,7 +422,7 @@ class GradMimic(OnlineMethod):
                 mean = losses.mean()
                 mean.register_hook(lambda g: _set_multiplier(pending, g, 1.0))
                 return mean
-        return self._unfused_loss(inner, x, y, ids, outputs, losses, head_capture)
+        return self._unfused_loss(inner, x, y, ids, outputs, losses, head_capture, hold)
 
     # ------------------------------------------------------------------ internals
     def _check_calls(self, pending: _Pending) -> None:
@@ -440,13 +451,57 @@ class GradMimic(OnlineMethod):
     def _active(self) -> bool:
         return self.reweight and self.epoch >= self.start_epoch
 
-    def _weights(self, score: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _weights(self, score: torch.Tensor, b: int, hold: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(softmax over the (global) batch, the weights applied, the per-sample factors ``u`` of the correction
         ``sum_i u_i g_i`` to add to this process's mean gradient). Under DDP, which averages the R ranks'
         gradients, ``u_i = R w_i - 1/B_rank`` makes the average the global ``sum_i w_i g_i``."""
         normed, b_global = self._norm.softmax(score, self.temperature)
-        w = normed if self._active() else torch.full_like(normed, 1.0 / b_global)
+        if not self._active():
+            w = torch.full_like(normed, 1.0 / b_global)
+        elif self.weighting == "lfdr":
+            w, _ = self._norm.normalise(lfdr_weights(score, hold, self._recent))
+        else:
+            w = normed
         return normed, w, self._norm.world * w - 1.0 / b
+
+    def _score_holdout(self, inner: nn.Module) -> torch.Tensor | None:
+        """Score this step's held-out samples at the current weights (no gradient reaches the model) and record
+        them; returns their scores [m] (None without a holdout)."""
+        if self.holdout is None:
+            return None
+        device = next(inner.parameters()).device
+        x, y, ids = self.holdout.batch(self.step, device)
+        dots, norms = self._terms(inner, x, y)
+        score = scores_from_terms(dots, norms, direction_norm(self.direction()), self.method).detach()
+        if self.holdout_recorder is not None:
+            self.holdout_recorder.record(ids, self.step, self.epoch, mimic=score)
+        return score
+
+    def _terms(self, inner: nn.Module, x, y, outputs=None, head_capture=None):
+        """``<-g_i, V>`` [B] and ``||g_i||`` (or None) of a batch at the current weights: the final Linear in
+        closed form from a forward (the training one when given), else ``alignment_terms`` (its own passes)."""
+        need_norms = self.method == "cos"
+        v = self.direction()
+        if head_capture is None and _closed_form_applies(inner, self.names, self.loss_fn):
+            head_capture = {}
+            head = dict(inner.named_modules())[last_linear_name(inner)]
+            handle = head.register_forward_hook(lambda m, i, o: head_capture.update(h=i[0], out=o))
+            try:
+                with torch.no_grad():
+                    outputs = model_outputs(call_model(inner, x))
+            finally:
+                handle.remove()
+        if head_capture and head_capture.get("out") is outputs and "h" in head_capture:
+            last = last_linear_name(inner)
+            return linear_closed_form_terms(head_capture["h"], outputs, y, v.get(f"{last}.weight"),
+                                            v.get(f"{last}.bias"), need_norms)
+        from keepset.models.sample_gradients import alignment_terms
+
+        if isinstance(x, dict):
+            raise ValueError("scoring these layers needs per-sample gradients through the model, which keepset "
+                             "computes for tensor or tuple inputs; score nn.Linear / nn.Conv2d layers instead")
+        return alignment_terms(inner, x, y, v, self.loss_fn, need_norms)
 
     def _record(self, ids, step: int, epoch: int, score, normed, w) -> None:
         self.last_scores, self.last_weights = score.detach(), w.detach()
@@ -482,7 +537,7 @@ class GradMimic(OnlineMethod):
         dots, sq = layer_terms(layers, self._covered, v, self.method == "cos")
         score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if self.method == "cos" else None,
                                   direction_norm(v), self.method)
-        normed, w, u = self._weights(score, pending.b)
+        normed, w, u = self._weights(score, pending.b, pending.hold)
         self._record(pending.ids, pending.step, pending.epoch, score, normed, w)
         self._swap_ok = True  # the call structure is known: from the next batch on, skip the mean gradient
         if pending.swap:  # autograd computed nothing for the scored parameters: return their whole gradient
@@ -507,25 +562,12 @@ class GradMimic(OnlineMethod):
                 out[f"{m}.bias"] = gb.to(params[f"{m}.bias"].dtype)
         return [out.get(n) for n in pending.leaves]
 
-    def _unfused_loss(self, inner, x, y, ids, outputs, losses, head_capture) -> torch.Tensor:
+    def _unfused_loss(self, inner, x, y, ids, outputs, losses, head_capture, hold=None) -> torch.Tensor:
         """Scores before the backward; a loss whose gradient is the re-weighted one."""
         b = len(ids)
-        v = self.direction()
-        v_norm = direction_norm(v)
-        need_norms = self.method == "cos"
-        if head_capture.get("out") is outputs and "h" in head_capture:
-            last = last_linear_name(inner)
-            dots, norms = linear_closed_form_terms(head_capture["h"], outputs, y, v.get(f"{last}.weight"),
-                                                   v.get(f"{last}.bias"), need_norms)
-        else:
-            from keepset.models.sample_gradients import alignment_terms
-
-            if isinstance(x, dict):
-                raise ValueError("scoring these layers needs per-sample gradients through the model, which keepset "
-                                 "computes for tensor or tuple inputs; score nn.Linear / nn.Conv2d layers instead")
-            dots, norms = alignment_terms(inner, x, y, v, self.loss_fn, need_norms)
-        score = scores_from_terms(dots, norms, v_norm, self.method)
-        normed, w, u = self._weights(score, b)
+        dots, norms = self._terms(inner, x, y, outputs, head_capture)
+        score = scores_from_terms(dots, norms, direction_norm(self.direction()), self.method)
+        normed, w, u = self._weights(score, b, hold)
         self._record(ids, self.step - 1, self.epoch, score, normed, w)
         if not self._active():
             return losses.mean()
@@ -545,6 +587,12 @@ def _restore(pending: _Pending) -> None:
         for mod, leaf, param in swapped:
             mod._parameters[leaf] = param
     pending.swapped.clear()
+
+
+def _is_first_rank() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _rank_folder(record_to):

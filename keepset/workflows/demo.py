@@ -52,7 +52,9 @@ class DemoConfig:
     lr: float | None = None         # None: probe 10 / mean ||h||^2 (normalised step), finetune 0.1
     method: str = "proj"
     temperature: float = 1.0
-    binarize: str = "threshold"
+    weighting: str = "auto"         # Stage 1: lfdr (calibrated by the held-out trusted samples) | softmax
+    holdout_per_step: int = 32
+    binarize: str = "calibrated"    # Stage 2: calibrated | the paper's threshold / kmeans / gmm
     vote: str = "majority"
     device: str = "cpu"
     overwrite: bool = False
@@ -74,8 +76,9 @@ class DemoConfig:
     def options(self, validate: bool = True) -> FilterOptions:
         opt = FilterOptions(setting=self.setting, layers=self.layers, backbone=self.backbone, holdout=self.holdout,
                             reference_epochs=self.trusted_epochs, epochs=self.epochs, batch_size=self.batch_size,
-                            lr=self.lr, method=self.method, temperature=self.temperature, binarize=self.binarize,
-                            vote=self.vote, seed=self.seed, device=self.device, progress=self.progress)
+                            lr=self.lr, method=self.method, temperature=self.temperature, weighting=self.weighting,
+                            holdout_per_step=self.holdout_per_step, binarize=self.binarize, vote=self.vote,
+                            seed=self.seed, device=self.device, progress=self.progress)
         return opt.validate() if validate else opt
 
 
@@ -120,6 +123,7 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
         extra = {"noise": {"kind": cfg.noise_kind, "rate": cfg.noise, "seed": cfg.seed}, "accuracy": acc,
                  "detection": det, "quality": quality, "n_test": int(len(test)),
                  "stage2": {"binarize": opt.binarize, "vote": opt.vote, "method": opt.method,
+                            "weighting": opt.weighting,
                             "temperature": opt.temperature},
                  "setting_detail": (f"linear probing of a frozen {opt.backbone} backbone trained on the trusted split"
                                     if opt.setting == "probe" else
@@ -144,7 +148,8 @@ def format_summary(s: dict) -> str:
         ("test accuracy", f"SGD {a['sgd']:.3f} | Grad-Mimic {a['gradmimic']:.3f} | reference {a['reference']:.3f}"),
         ("mislabel detection", f"precision {d['precision']:.3f} recall {d['recall']:.3f} "
                                f"F1 {d['f1']:.3f} AUROC {d['auroc']:.3f}"),
-        ("dataset quality", f"estimated {q['estimated']:.3f} | true {q['true']:.3f} | error {q['error']:.3f}"),
+        ("dataset quality", f"estimated {q['estimated']:.3f} | true {q['true']:.3f} | error {q['error']:.3f}"
+         + (f" (held-out calibration alone {q['stage2_alone']:.3f})" if q.get("stage2_alone") is not None else "")),
         ("quality check", check),
         ("kept", f"{s['kept']} of {s['n']} training samples"),
         ("time", f"{s['seconds']} s"),

@@ -35,14 +35,20 @@ from keepset.models import LinearProbe, load_checkpoint, model_for_inputs, save_
 from keepset.recorder import DynamicsRecorder, per_sample
 from keepset.scoring.reference_agreement import quality_from_agreement, reference_label_loss
 from keepset.selection.binarize import BINARIZE_METHODS
-from keepset.selection.stage2 import VOTES, estimate_quality, stage2_filter
+from keepset.selection.calibrated import clean_fraction
+from keepset.selection.stage2 import VOTES, calibrated_stage2, estimate_quality, stage2_filter
 from keepset.training import GradMimic, accuracy, fit, predict_logits
-from keepset.training.gradmimic import RECORD_FIELDS
+from keepset.training.gradmimic import HOLDOUT_FIELDS, RECORD_FIELDS
 from keepset.training.step_size import probe_learning_rate
 
 #: Stage 2's quality estimate and the reference's corrected agreement further apart than this raise a warning
 QUALITY_CHECK_TOLERANCE = 0.1
 BACKBONES = ("mlp", "cnn")
+#: Stage 2 rules: "calibrated" (the default: held-out trusted samples calibrate the decision; keeps clean data),
+#: and the paper's per-step binarisers
+STAGE2_RULES = ("calibrated", *BINARIZE_METHODS)
+#: Stage 1 weightings (keepset.training.GradMimic)
+WEIGHTINGS = ("auto", "lfdr", "softmax")
 SETTINGS = ("probe", "finetune")
 
 
@@ -60,9 +66,11 @@ class FilterOptions:
     batch_size: int = 64
     lr: float | None = None          # None: 10 / mean ||h||^2 (normalised SGD step of the head)
     method: str = "proj"             # Mimic Score behind the weights: proj | cos
-    temperature: float = 1.0
-    binarize: str = "threshold"      # Stage 2's per-step rule
-    vote: str = "majority"
+    temperature: float = 1.0         # softmax weighting only
+    weighting: str = "auto"          # Stage 1: auto (lfdr with held-out samples, else softmax) | lfdr | softmax
+    holdout_per_step: int = 32       # held-out trusted samples scored at every step
+    binarize: str = "calibrated"     # Stage 2: calibrated (default) or the paper's per-step rule
+    vote: str = "majority"           # the paper's rules only
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
@@ -99,8 +107,17 @@ class FilterOptions:
             raise ValueError(f"{name('method')} must be 'proj' or 'cos', got {self.method!r}")
         if not (_real(self.temperature) and np.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"{name('temperature')} must be a finite number > 0, got {self.temperature!r}")
-        if self.binarize not in BINARIZE_METHODS:
-            raise ValueError(f"{name('binarize')} must be one of {BINARIZE_METHODS}, got {self.binarize!r}")
+        if self.binarize not in STAGE2_RULES:
+            raise ValueError(f"{name('binarize')} must be one of {STAGE2_RULES}, got {self.binarize!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"{name('weighting')} must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        if isinstance(self.holdout_per_step, bool) or not isinstance(self.holdout_per_step, (int, np.integer)) \
+                or self.holdout_per_step < 3:
+            raise ValueError(f"{name('holdout_per_step')} must be an integer >= 3, got {self.holdout_per_step!r}")
+        if self.holdout == 0 and (self.binarize == "calibrated" or self.weighting == "lfdr"):
+            raise ValueError(f"{name('holdout')} 0 leaves no held-out trusted samples, which {name('binarize')} "
+                             f"calibrated and {name('weighting')} lfdr need: hold some out (default 0.2), or "
+                             f"choose {name('binarize')} threshold and {name('weighting')} softmax")
         if self.vote not in VOTES:
             raise ValueError(f"{name('vote')} must be one of {VOTES}, got {self.vote!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -258,15 +275,27 @@ def filter_samples(samples: SampleSet, trusted: SampleSet | None = None, *, refe
         init = model_for_inputs(opt.backbone, tuple(fit_part.get_inputs([0]).shape[1:]), fit_part.num_classes)
         net = train_reference(fit_part, copy.deepcopy(init), epochs=opt.reference_epochs, seed=opt.seed,
                               device=device, progress=opt.progress)
+    calibrated = opt.binarize == "calibrated" or opt.weighting == "lfdr"
+    if calibrated and (holdout is None or len(holdout) < 20):
+        raise ValueError(f"the calibrated Stage 2 and the lfdr weighting need at least 20 held-out trusted samples "
+                         f"(here {0 if holdout is None else len(holdout)}): give more trusted samples, or choose "
+                         "binarize='threshold' and weighting='softmax'")
     model0, ref_module, train_x, lr, layers = _setting(opt, net, init, samples, device)
     model = copy.deepcopy(model0)
-    recorder = DynamicsRecorder(dynamics_dir, RECORD_FIELDS)
-    gm = GradMimic(ref_module, layers=layers, method=opt.method, temperature=opt.temperature, record_to=recorder)
+    dyn = Path(dynamics_dir) if dynamics_dir is not None else None
+    recorder = DynamicsRecorder(dyn, RECORD_FIELDS)
+    held = None
+    if holdout is not None and len(holdout) >= 3:
+        held_x = _embed(net, holdout, device) if opt.setting == "probe" else holdout.get_inputs()
+        held = (held_x, holdout.labels, holdout.ids)
+    holdout_rec = DynamicsRecorder(None if dyn is None else dyn / "holdout", HOLDOUT_FIELDS) if held else None
+    gm = GradMimic(ref_module, layers=layers, method=opt.method, temperature=opt.temperature, record_to=recorder,
+                   holdout=held, holdout_per_step=opt.holdout_per_step, holdout_record_to=holdout_rec,
+                   weighting=opt.weighting if held else "softmax")
     fit(model, train_x, samples.labels, ids=samples.ids, method=gm, epochs=opt.epochs, batch_size=opt.batch_size,
         optimizer="sgd", lr=lr, momentum=0.9, seed=opt.seed, progress=opt.progress, desc="Grad-Mimic model",
         device=device)
     model.cpu()
-    keep = stage2_filter(recorder, binarize=opt.binarize, vote=opt.vote, ids=samples.ids)
     logits = predict_logits(ref_module, train_x if opt.setting == "probe" else samples.get_inputs()).numpy()
     columns = {
         "mimic_mean": per_sample(recorder, "mimic", "mean", ids=samples.ids).astype(np.float32),
@@ -275,11 +304,8 @@ def filter_samples(samples: SampleSet, trusted: SampleSet | None = None, *, refe
         "reference_loss": reference_label_loss(logits, samples.labels).astype(np.float32),
         "reference_pred": logits.argmax(1).astype(np.int64),
     }
-    quality = {"estimated": estimate_quality(keep)}
     agreement = float((columns["reference_pred"] == samples.labels).mean())
-    quality["reference_agreement"] = agreement
-    quality["reference_holdout_accuracy"] = None
-    quality["reference_check"] = None
+    quality = {"reference_agreement": agreement, "reference_holdout_accuracy": None, "reference_check": None}
     warnings = []
     if holdout is not None and len(holdout):
         acc = accuracy(net.cpu(), holdout.get_inputs(), holdout.labels)
@@ -292,13 +318,29 @@ def filter_samples(samples: SampleSet, trusted: SampleSet | None = None, *, refe
         warnings.append("no held-out trusted samples: the reference's agreement with the labels is not corrected "
                         "for its own errors (give --trusted or --trusted-ids to check it)")
     check = quality["reference_check"]
-    if check is not None and abs(check - quality["estimated"]) > QUALITY_CHECK_TOLERANCE:
+    if opt.binarize == "calibrated":
+        res = calibrated_stage2(recorder, holdout_rec, ids=samples.ids, reference_quality=check, seed=opt.seed)
+        keep = res.keep
+        columns["pvalue"] = res.pvalues.astype(np.float32)
+        quality["estimated"] = res.quality
+        quality["stage2_alone"] = clean_fraction(res.pvalues)  # Storey's estimate, independent of the reference
+        if dyn is not None:
+            write_text_atomic(dyn / "calibration.json", json.dumps(
+                {"rule": "calibrated", "reference_quality": check, "seed": opt.seed, "method": "count",
+                 "draws": 8}, indent=1) + "\n", overwrite=True)
+        compared, what = quality["stage2_alone"], "the held-out trusted samples' calibration"
+    else:
+        keep = stage2_filter(recorder, binarize=opt.binarize, vote=opt.vote, ids=samples.ids)
+        quality["estimated"] = estimate_quality(keep)
+        compared, what = quality["estimated"], "Stage 2"
+    if check is not None and abs(check - compared) > QUALITY_CHECK_TOLERANCE:
         warnings.append(
-            f"Stage 2 estimates quality {quality['estimated']:.3f} but the reference's agreement with the labels "
-            f"implies {check:.3f}. " + (
-                "Stage 2 over-flags nearly clean data (its per-step threshold 1/B always drops part of every batch): "
-                "check before dropping what it flags." if check > quality["estimated"] else
-                "Stage 2 keeps more than the reference trusts: check the flagged fraction before relying on it."))
+            f"{what} estimates quality {compared:.3f} but the reference's agreement with the labels implies "
+            f"{check:.3f}. " + (
+                "The paper's per-step rule over-flags nearly clean data (it drops part of every batch): check before "
+                "dropping what it flags, or use the calibrated rule." if opt.binarize != "calibrated" and
+                check > compared else
+                "The two independent estimates disagree: look at the flagged samples before relying on either."))
     trusted_ids = trusted.ids if trusted is not None else np.zeros(0, samples.ids.dtype)
     holdout_ids = holdout.ids if holdout is not None else np.zeros(0, samples.ids.dtype)
     return FilterResult(samples.ids, samples.labels, keep, columns, quality, net.cpu(), model, model0, ref_module,
@@ -329,6 +371,12 @@ class FilterConfig:
         if not (self.trusted or self.trusted_ids or self.reference):
             raise ValueError(f"give {name('trusted')} SPEC, {name('trusted_ids')} FILE or {name('reference')} CKPT: "
                              "Grad-Mimic needs a reference trained on clean data")
+        if self.reference and not (self.trusted or self.trusted_ids) and (
+                self.options.binarize == "calibrated" or self.options.weighting == "lfdr"):
+            raise ValueError(f"{name('binarize')} calibrated (the default) and {name('weighting')} lfdr are calibrated "
+                             f"by held-out trusted samples: add {name('trusted')} or {name('trusted_ids')} to "
+                             f"{name('reference')}, or choose {name('binarize')} threshold and {name('weighting')} "
+                             "softmax")
         if self.reference:
             if self.options.setting == "finetune":
                 raise ValueError(f"{name('setting')} finetune trains model and reference from one shared "
@@ -474,6 +522,7 @@ def format_summary(s: dict) -> str:
     rows = [("data", s["data"]),
             ("samples", f"{s['n']} filtered, {s['n_trusted']} trusted ({s['n_holdout']} held out)"),
             ("dataset quality", f"estimated {q['estimated']:.3f}"
+             + (f" (held-out calibration alone {q['stage2_alone']:.3f})" if q.get("stage2_alone") is not None else "")
              + (f" | true {q['true']:.3f} (recorded corruption)" if "true" in q else "")),
             ("quality check", check),
             ("kept", f"{s['kept']} of {s['n']} ({s['flagged']} flagged)")]
