@@ -7,7 +7,8 @@
     gm.close()
 
 Every batch, each sample's Mimic Score ``<-g_i, V> / ||V||`` (``proj``) or its cosine (``cos``) with
-``V = theta_ref - theta`` over the scored parameters gives the weights ``w = softmax(score / tau)``; the
+``V = theta_ref - theta`` over the scored parameters gives the weights ``w = softmax(score / tau)`` (or, with
+``weighting=``, the published code's raw scores or its ``opt`` solution: ``keepset.training.parity``); the
 scored parameters receive ``sum_i w_i g_i`` and every other parameter the mean gradient (``apply_to="all"``:
 every parameter is re-weighted). ``reweight=False`` scores and records without changing training.
 
@@ -47,6 +48,7 @@ from keepset.models.mimic import (
 from keepset.models.sample_gradients import layer_terms
 from keepset.recorder import DynamicsRecorder
 from keepset.training.online import OnlineMethod, call_model, check_batch, model_outputs, per_sample_losses
+from keepset.training.parity import check_weighting, mimic_weights
 
 #: fields of every record GradMimic writes: the raw score, its softmax over the batch, the weight applied
 RECORD_FIELDS = ("mimic", "mimic_normed", "weight")
@@ -134,8 +136,13 @@ class GradMimic(OnlineMethod):
         layers: linear probing of a shared frozen backbone, or fine-tuning from the same initialisation).
     layers : scored parameters (``keepset.models.mimic.resolve_layers``): None = the final Linear's weight,
         "all", a parameter name, a module prefix or a list.
-    method : "proj" or "cos"; the weights are ``softmax(score / temperature)`` over each batch.
+    method : "proj" or "cos" (the score).
+    weighting : how the scores of a batch become its weights, as in the published code
+        (``keepset.training.parity``): "softmax" (``softmax(score / temperature)``, the published ``normed_*``),
+        "raw" (the scores themselves, signed and unnormalised: the published ``proj`` / ``cos``) or "opt"
+        (``argmin_w sum_i ||w_i (-g_i) - V|| + opt_lambda R(w)``, R the ``opt_norm`` norm: the published ``opt``).
     temperature : softmax temperature tau (> 0).
+    opt_lambda, opt_norm : the ``opt`` regulariser's weight (>= 0, published default 0) and norm ("l2" / "l1").
     reweight : apply the weights (False: score and record only; training is plain mean-loss training).
     start_epoch : first epoch at which the weights apply (scores are recorded from the start).
     apply_to : "layers" (the weights apply to the scored parameters, the others keep the mean gradient) or "all".
@@ -153,12 +160,14 @@ class GradMimic(OnlineMethod):
     def __init__(self, reference: nn.Module, *, layers: str | Sequence[str] | None = None, method: str = "proj",
                  temperature: float = 1.0, reweight: bool = True, start_epoch: int = 0, apply_to: str = "layers",
                  record_to: str | Path | DynamicsRecorder | None = None, resume: bool = False,
-                 loss_fn: Callable | None = None, fused: bool = True):
+                 loss_fn: Callable | None = None, fused: bool = True, weighting: str = "softmax",
+                 opt_lambda: float = 0.0, opt_norm: str = "l2"):
         super().__init__(loss_fn)
         if not isinstance(reference, nn.Module):
             raise ValueError(f"reference must be an nn.Module (the reference model), got {type(reference).__name__}")
         if method not in ("proj", "cos"):
-            raise ValueError(f"method must be 'proj' or 'cos' (the weights are its softmax), got {method!r}")
+            raise ValueError(f"method must be 'proj' or 'cos' (the score; weighting= sets the weights), got {method!r}")
+        self.weighting, self.opt_lambda, self.opt_norm = check_weighting(weighting, opt_lambda, opt_norm)
         if apply_to not in APPLY_TO:
             raise ValueError(f"apply_to must be 'layers' or 'all', got {apply_to!r}")
         try:
@@ -363,10 +372,18 @@ class GradMimic(OnlineMethod):
     def _active(self) -> bool:
         return self.reweight and self.epoch >= self.start_epoch
 
-    def _weights(self, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _needs_norms(self) -> bool:
+        return self.method == "cos" or self.weighting == "opt"
+
+    def _weights(self, score: torch.Tensor, dots=None, sq=None, v_norm=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(softmax of the scores, the weights applied): ``keepset.training.parity.mimic_weights``."""
         normed = torch.softmax(score / self.temperature, dim=0)
-        w = normed if self._active() else torch.full_like(normed, 1.0 / len(normed))
-        return normed, w
+        if not self._active():
+            return normed, torch.full_like(normed, 1.0 / len(normed))
+        if self.weighting == "softmax":
+            return normed, normed
+        return normed, mimic_weights(score, self.weighting, self.temperature, dots=dots, sq_norms=sq, v_norm=v_norm,
+                                     opt_lambda=self.opt_lambda, opt_norm=self.opt_norm)
 
     def _record(self, ids, step: int, epoch: int, score, normed, w) -> None:
         self.last_scores, self.last_weights = score.detach(), w.detach()
@@ -388,10 +405,10 @@ class GradMimic(OnlineMethod):
         if not all(torch.isfinite(lg.delta).all() for lg in layers.values()):
             return none  # an overflowing scaled step (GradScaler skips it): nothing to score
         v = self.direction()
-        dots, sq = layer_terms(layers, self._covered, v, self.method == "cos")
-        score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if self.method == "cos" else None,
-                                  direction_norm(v), self.method)
-        normed, w = self._weights(score)
+        v_norm = direction_norm(v)
+        dots, sq = layer_terms(layers, self._covered, v, self._needs_norms())
+        score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if self.method == "cos" else None, v_norm, self.method)
+        normed, w = self._weights(score, dots, sq, v_norm)
         self._record(pending.ids, pending.step, pending.epoch, score, normed, w)
         if not self._active():
             return none
@@ -413,7 +430,7 @@ class GradMimic(OnlineMethod):
         b = len(ids)
         v = self.direction()
         v_norm = direction_norm(v)
-        need_norms = self.method == "cos"
+        need_norms = self._needs_norms()
         if head_capture.get("out") is outputs and "h" in head_capture:
             last = last_linear_name(inner)
             dots, norms = linear_closed_form_terms(head_capture["h"], outputs, y, v.get(f"{last}.weight"),
@@ -426,7 +443,7 @@ class GradMimic(OnlineMethod):
                                  "computes for tensor inputs only; score nn.Linear / nn.Conv2d layers instead")
             dots, norms = alignment_terms(inner, x, y, v, self.loss_fn, need_norms)
         score = scores_from_terms(dots, norms, v_norm, self.method)
-        normed, w = self._weights(score)
+        normed, w = self._weights(score, dots, None if norms is None else norms * norms, v_norm)
         self._record(ids, self.step - 1, self.epoch, score, normed, w)
         if not self._active():
             return losses.mean()
