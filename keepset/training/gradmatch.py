@@ -105,9 +105,11 @@ def orthogonal_mp(A: np.ndarray, b: np.ndarray, *, nnz: int | None = None, posit
     return x
 
 
-def last_layer_gradients(model: nn.Module, x, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """CORDS's per-sample last-layer gradients ``[r_i, r_i (x) h_i]`` with ``r_i = softmax(z_i) - e_{y_i}``:
-    float64 [N, K + K d] on the CPU. The model runs in eval mode under no_grad (its mode is restored)."""
+def last_layer_parts(model: nn.Module, x, y: torch.Tensor, batch_size: int = 1024
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``r_i = softmax(z_i) - e_{y_i}`` [N, K] and the final Linear's inputs ``h_i`` [N, d] (float64, CPU), from
+    which every last-layer gradient is ``[r_i, r_i (x) h_i]``. The model runs in eval mode under no_grad (its mode
+    is restored)."""
     head = dict(model.named_modules())[last_linear_name(model)]
     store: dict = {}
     handle = head.register_forward_hook(lambda m, i, o: store.update(h=i[0].detach(), out=o.detach()))
@@ -124,12 +126,27 @@ def last_layer_gradients(model: nn.Module, x, y: torch.Tensor, batch_size: int =
                 r = torch.softmax(logits.double(), dim=1)
                 yy = y[s:s + batch_size].to(device)
                 r[torch.arange(len(yy), device=device), yy] -= 1.0
-                h = store["h"].double().reshape(len(yy), -1)
-                out.append(torch.cat([r, (r[:, :, None] * h[:, None, :]).reshape(len(yy), -1)], 1).cpu())
+                out.append((r.cpu(), store["h"].double().reshape(len(yy), -1).cpu()))
     finally:
         handle.remove()
         model.train(was_training)
-    return torch.cat(out)
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out])
+
+
+def gradients_from_parts(r: torch.Tensor, h: torch.Tensor, row: int | None = None) -> torch.Tensor:
+    """Per-sample last-layer gradients from ``last_layer_parts``: ``[r_i, r_i (x) h_i]`` [N, K + K d] (CORDS's
+    layout: bias, then the weight matrix row by row), or with ``row=c`` only class c's bias entry and weight row
+    ``[r_ic, r_ic h_i]`` [N, 1 + d] (CORDS's ``PerClassPerGradient`` columns)."""
+    if row is not None:
+        rc = r[:, row:row + 1]
+        return torch.cat([rc, rc * h], 1)
+    return torch.cat([r, (r[:, :, None] * h[:, None, :]).reshape(len(r), -1)], 1)
+
+
+def last_layer_gradients(model: nn.Module, x, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """CORDS's per-sample last-layer gradients ``[r_i, r_i (x) h_i]`` with ``r_i = softmax(z_i) - e_{y_i}``:
+    float64 [N, K + K d] on the CPU (``compute_gradients`` with ``linear_layer=True``)."""
+    return gradients_from_parts(*last_layer_parts(model, x, y, batch_size))
 
 
 class GradMatch(LayerWeightedLoss):
@@ -189,12 +206,11 @@ class GradMatch(LayerWeightedLoss):
 
     def select(self, model: nn.Module) -> None:
         """Run one CORDS selection at the model's current weights (module docstring)."""
-        grads = last_layer_gradients(model, self.x, self.y)
+        r, h = last_layer_parts(model, self.x, self.y)
         labels = self.y.numpy()
-        num_classes = int(dict(model.named_modules())[last_linear_name(model)].out_features)
-        d = (grads.shape[1] - num_classes) // num_classes
+        num_classes = r.shape[1]
         if self.valid is not None:
-            vgrads = last_layer_gradients(model, self.valid[0], self.valid[1])
+            vr, vh = last_layer_parts(model, self.valid[0], self.valid[1])
             vlabels = self.valid[1].numpy()
         positions, weights = [], []
         n = len(labels)
@@ -202,14 +218,14 @@ class GradMatch(LayerWeightedLoss):
             members = np.flatnonzero(labels == c)
             if len(members) == 0:
                 continue
-            g = grads[members]
+            row = c if self.selection == "PerClassPerGradient" else None
+            m = torch.from_numpy(members)
+            g = gradients_from_parts(r[m], h[m], row)
             if self.valid is not None:
-                target = vgrads[vlabels == c].sum(0)
+                v = torch.from_numpy(np.flatnonzero(vlabels == c))
+                target = gradients_from_parts(vr[v], vh[v], row).sum(0)
             else:
                 target = g.sum(0)
-            if self.selection == "PerClassPerGradient":
-                cols = torch.cat([torch.tensor([c]), torch.arange(num_classes + d * c, num_classes + d * (c + 1))])
-                g, target = g[:, cols], target[cols]
             coef = orthogonal_mp(g.numpy().T, target.numpy(), nnz=math.ceil(self.budget * len(members) / n),
                                  positive=True, lam=self.lam, tol=self.tol)
             nz = np.flatnonzero(coef)
