@@ -190,18 +190,21 @@ def test_grand_default_unchanged_and_softmax_generic_layers():
     check_grads(m, combine(grads, w, ["features.1.weight", "features.1.bias"]))
 
 
-def test_rho_softmax_is_softmax_of_the_excess_loss_by_id_on_every_parameter():
+def test_rho_softmax_is_softmax_of_the_excess_loss_by_id_with_the_published_gradient():
     model, _, x, y = _setup()
     ids = np.arange(500, 510)
     irr = np.linspace(0.1, 2.0, 10).astype(np.float32)
     perm = np.random.default_rng(0).permutation(10)
-    rho = RhoLoss(irr[perm], ids[perm], mode="softmax")
+    rho = RhoLoss(irr[perm], ids[perm], mode="softmax", temperature=0.7)
     rho.loss(model, x, y, ids).backward()
     m0 = copy.deepcopy(model)
     losses = F.cross_entropy(m0(x), y, reduction="none").detach()
-    w = torch.softmax(losses - torch.as_tensor(irr), 0)
+    w = torch.softmax((losses - torch.as_tensor(irr)) / 0.7, 0)
     torch.testing.assert_close(rho.last_weights, w, rtol=1e-5, atol=1e-7)
-    check_grads(model, combine(per_sample(m0, x, y), w, [], "all"))
+    # the published (our_loss @ per_w).backward() keeps per_w in the graph: d/dtheta sum_i w_i L_i
+    # = sum_j w_j (1 + (L_j - sum_i w_i L_i) / T) grad L_j
+    coef = w * (1 + (losses - (w * losses).sum()) / 0.7)
+    check_grads(model, combine(per_sample(m0, x, y), coef, [], "all"))
 
 
 # ---------------------------------------------------------------------------------------------- AGRA

@@ -5,8 +5,9 @@
   others 0. The irreducible loss of each sample (looked up by id) comes from a model trained on the trusted
   split (``irreducible_losses``). ``mode="softmax"``: the published Grad-Mimic code's ``--mode rho``
   (github.com/zihengh1/Grad-Mimic, ``run.py`` ``main``): ``w = softmax(loss_i - ref_loss_i)`` over the batch,
-  ``ref_loss_i`` the reference model's cross-entropy on the same (noisy) label, every parameter trained on
-  ``sum_i w_i L_i``.
+  ``ref_loss_i`` the reference model's cross-entropy on the same (noisy) label, every parameter trained by
+  ``(our_loss @ per_w).backward()`` with ``per_w`` not detached, so the gradient also flows through the weights:
+  ``sum_j w_j (1 + (L_j - sum_i w_i L_i) / T) grad L_j``. keepset reproduces that gradient exactly.
 - ``GrandWeight``: weights proportional to each sample's gradient norm (GraNd), last layer in closed form
   ``||p_i - e_{y_i}|| sqrt(||h_i||^2 + 1)``, optionally sharpened by ``power``. ``mode="softmax"``: the
   published code's ``--mode grad-norm``: ``w = softmax(||g_i||)`` (temperature 1), ``g_i`` the gradient of the
@@ -50,7 +51,8 @@ class RhoLoss(WeightedLoss):
     ids : [N] the ids of those samples (default 0..N-1); batches are looked up by id.
     ratio : fraction of each batch to train on, in (0, 1] (``mode="topk"``).
     mode : "topk" (RHO-loss as Mindermann et al.) or "softmax" (``softmax((L_i - irreducible_i) / temperature)``,
-        the published Grad-Mimic ``--mode rho``, temperature 1 there).
+        the published Grad-Mimic ``--mode rho``, temperature 1 there; as there, the loss ``sum_i w_i L_i`` keeps
+        the weights in the graph, so its gradient is ``sum_j w_j (1 + (L_j - sum_i w_i L_i) / T) grad L_j``).
     temperature : softmax temperature (> 0) of ``mode="softmax"``.
     start_epoch : epochs before this one train on the full batch.
     """
@@ -72,17 +74,28 @@ class RhoLoss(WeightedLoss):
         self._ids, self._irreducible = ids[order], torch.from_numpy(arr[order])
         self.ratio, self.start_epoch = check_ratio(ratio), int(start_epoch)
 
-    def batch_weights(self, model, x, y, ids, logits, losses) -> torch.Tensor:
-        """[B] weights: 1/k on the k = max(1, round(ratio B)) largest reducible losses, 0 elsewhere."""
+    def loss(self, model, x, y=None, ids=None, *, epoch=None):
+        if self.mode == "topk":
+            return super().loss(model, x, y, ids, epoch=epoch)
+        ids, y, logits, losses = self._forward(model, x, y, ids, epoch)
+        self._remember(ids, y, logits, losses, x)
+        if self.epoch < self.start_epoch:
+            return losses.mean()
+        w = torch.softmax((losses - self._irreducible_of(ids, losses)) / self.temperature, dim=0)  # not detached
+        self.last_weights = w.detach()
+        return (w * losses).sum()
+
+    def _irreducible_of(self, ids, losses) -> torch.Tensor:
         from keepset.recorder import index_of
 
         pos = index_of(self._ids, ids)
         if (pos < 0).any():
             raise ValueError(f"{int((pos < 0).sum())} batch ids have no irreducible loss (e.g. {ids[pos < 0][:3].tolist()})")
-        irr = self._irreducible[torch.from_numpy(pos)].to(losses.device)
-        reducible = losses.detach().float() - irr
-        if self.mode == "softmax":
-            return torch.softmax(reducible / self.temperature, dim=0)
+        return self._irreducible[torch.from_numpy(pos)].to(device=losses.device, dtype=losses.dtype)
+
+    def batch_weights(self, model, x, y, ids, logits, losses) -> torch.Tensor:
+        """[B] weights: 1/k on the k = max(1, round(ratio B)) largest reducible losses, 0 elsewhere."""
+        reducible = losses.detach().float() - self._irreducible_of(ids, losses).float()
         b = len(reducible)
         k = min(b, max(1, int(round(self.ratio * b))))
         w = torch.zeros(b, dtype=torch.float32, device=reducible.device)
