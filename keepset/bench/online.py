@@ -27,8 +27,9 @@ agra, gradmatch, influence and references):
 
 The clean data of agra-trusted, influence (k per class drawn from it) and gradmimic-refsplit (its first half,
 stratified) is the reference's part of the trusted split, the samples the reference network was trained on;
-RHO-loss's irreducible loss is the reference head's loss on each (noisy) training label. Runs are resumable: one cell per (seed, setting, method) in OUT/results.json,
-written as each finishes; the reference's features are cached per seed in OUT/reference-seedS.npz.
+RHO-loss's irreducible loss is the reference head's loss on each (noisy) training label. Runs are resumable:
+one cell per (seed, setting, method) in OUT/results.json, written as each finishes; the reference's features
+are cached per seed in OUT/reference-seedS.npz.
 
   python -m keepset.bench.online                              # digits, 3 seeds
   keepset bench online --data fashion-mnist                   # the benchmark of BENCHMARKS.md

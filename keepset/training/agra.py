@@ -104,7 +104,8 @@ class AGRA(LayerWeightedLoss):
         pos = self.comparison_batch(len(losses))
         self.last_comparison_ids = self.pool_ids[pos]
         dev = logits.device
-        g = self.mean_gradient(model, self.pool_x[torch.from_numpy(pos)].to(dev), self.pool_y[torch.from_numpy(pos)].to(dev))
+        sel = torch.from_numpy(pos)
+        g = self.mean_gradient(model, self.pool_x[sel].to(dev), self.pool_y[sel].to(dev))
         g_norm = float(direction_dot(g, g).sqrt())
         dots, norms = self.sample_terms(model, x, y, logits, g, need_norms=True)
         score = dots / (norms * g_norm + EPS)

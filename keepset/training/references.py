@@ -88,7 +88,8 @@ def reference_on_split(initial: nn.Module, x, y, *, part: int = 0, fraction: flo
     if part not in (0, 1):
         raise ValueError(f"part must be 0 or 1 (which half of the trusted samples to train on), got {part!r}")
     if not (isinstance(fraction, (int, float)) and 0 < float(fraction) < 1):
-        raise ValueError(f"fraction must be in (0, 1) (the first part's share of the trusted samples), got {fraction!r}")
+        raise ValueError(f"fraction must be in (0, 1) (the first part's share of the trusted samples), "
+                         f"got {fraction!r}")
     y = np.asarray(y.cpu() if torch.is_tensor(y) else y)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
