@@ -81,10 +81,20 @@ def test_result_store_atomic_and_config_checked(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
-def test_online_comparison_tiny_run(capsys):
+@pytest.mark.slow
+def test_online_comparison_tiny_run_resumes(capsys, tmp_path):
     from keepset.bench import online
 
-    assert online.main(["--seeds", "1", "--epochs", "2", "--ref-epochs", "5"]) == 0
+    argv = ["--seeds", "1", "--epochs", "2", "--ref-epochs", "5", "--settings", "symmetric:0.4", "--out",
+            str(tmp_path), "--no-progress"]
+    assert online.main(argv) == 0
     out = capsys.readouterr().out
     for m in online.METHODS:
         assert f"| {m} |" in out
+    assert (tmp_path / "reference-seed0.npz").exists() and (tmp_path / "results.md").exists()
+    first = json.loads((tmp_path / "results.json").read_text())["cells"]
+    assert len(first) == len(online.METHODS)
+    assert all(c["accuracy"] is not None and 0 <= c["accuracy"] <= 1 for c in first.values())
+    assert online.main(argv) == 0  # resumed: every cell found finished, nothing recomputed
+    assert f"{len(online.METHODS)} already done" in capsys.readouterr().err
+    assert json.loads((tmp_path / "results.json").read_text())["cells"] == first

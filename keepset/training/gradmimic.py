@@ -7,7 +7,8 @@
     gm.close()
 
 Every batch, each sample's Mimic Score ``<-g_i, V> / ||V||`` (``proj``) or its cosine (``cos``) with
-``V = theta_ref - theta`` over the scored parameters gives the weights ``w = softmax(score / tau)``; the
+``V = theta_ref - theta`` over the scored parameters gives the weights ``w = softmax(score / tau)`` (or, with
+``weighting=``, the published code's raw scores or its ``opt`` solution: ``keepset.training.parity``); the
 scored parameters receive ``sum_i w_i g_i`` and every other parameter the mean gradient (``apply_to="all"``:
 every parameter is re-weighted). ``reweight=False`` scores and records without changing training.
 
@@ -50,6 +51,7 @@ from keepset.recorder import DynamicsRecorder
 from keepset.training.holdout import Holdout, lfdr_weights
 from keepset.training.normalise import BatchNormaliser
 from keepset.training.online import OnlineMethod, call_model, check_batch, model_outputs, per_sample_losses
+from keepset.training.parity import check_weighting, mimic_weights
 
 #: fields of every record GradMimic writes: the raw score, its softmax over the batch, the weight applied
 RECORD_FIELDS = ("mimic", "mimic_normed", "weight")
@@ -57,8 +59,9 @@ RECORD_FIELDS = ("mimic", "mimic_normed", "weight")
 HOLDOUT_FIELDS = ("mimic",)
 APPLY_TO = ("layers", "all")
 #: how a batch's scores become its weights: "softmax" (softmax(score / tau), the paper's), "lfdr" (calibrated by
-#: held-out trusted samples: keepset.training.holdout), "auto" (lfdr with a holdout, softmax without)
-WEIGHTINGS = ("auto", "softmax", "lfdr")
+#: held-out trusted samples: keepset.training.holdout), "auto" (lfdr with a holdout, softmax without), and the
+#: published code's "raw" and "opt" (keepset.training.parity)
+WEIGHTINGS = ("auto", "softmax", "lfdr", "raw", "opt")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -145,14 +148,21 @@ class GradMimic(OnlineMethod):
         layers: linear probing of a shared frozen backbone, or fine-tuning from the same initialisation).
     layers : scored parameters (``keepset.models.mimic.resolve_layers``): None = the final Linear's weight,
         "all", a parameter name, a module prefix or a list.
-    method : "proj" or "cos"; the weights are ``softmax(score / temperature)`` over each batch.
+    method : "proj" or "cos" (the score).
+    weighting : how the scores of a batch become its weights, as in the published code
+        (``keepset.training.parity``): "softmax" (``softmax(score / temperature)``, the published ``normed_*``),
+        "raw" (the scores themselves, signed and unnormalised: the published ``proj`` / ``cos``) or "opt"
+        (``argmin_w sum_i ||w_i (-g_i) - V|| + opt_lambda R(w)``, R the ``opt_norm`` norm: the published ``opt``).
     temperature : softmax temperature tau (> 0).
     holdout : held-out trusted samples ``(x, y, ids)`` (or a ``keepset.training.holdout.Holdout``) that the model
         never trains on: ``holdout_per_step`` of them are scored at every step, before its update, and recorded
         (``holdout_record_to``, default ``record_to/holdout``); they calibrate the weights and the Stage 2 filter.
     holdout_per_step : held-out samples scored per step (default 32).
     weighting : "auto" (default: "lfdr" with a holdout, "softmax" without), "softmax" (``softmax(score / tau)``, the
-        paper's) or "lfdr" (``keepset.training.holdout.lfdr_weights``: on clean data uniform, i.e. plain SGD).
+        paper's ``normed_*``), "lfdr" (``keepset.training.holdout.lfdr_weights``: calibrated by the holdout, uniform
+        on clean data, i.e. plain SGD), or the published code's "raw" (the signed scores) and "opt"
+        (``keepset.training.parity``).
+    opt_lambda, opt_norm : the ``opt`` regulariser's weight (>= 0, published default 0) and norm ("l2" / "l1").
     reweight : apply the weights (False: score and record only; training is plain mean-loss training).
     start_epoch : first epoch at which the weights apply (scores are recorded from the start).
     apply_to : "layers" (the weights apply to the scored parameters, the others keep the mean gradient) or "all".
@@ -173,12 +183,13 @@ class GradMimic(OnlineMethod):
                  temperature: float = 1.0, reweight: bool = True, start_epoch: int = 0, apply_to: str = "layers",
                  record_to: str | Path | DynamicsRecorder | None = None, resume: bool = False,
                  loss_fn: Callable | None = None, fused: bool = True, allow_partial_reference: bool = False,
-                 holdout=None, holdout_per_step: int = 32, holdout_record_to=None, weighting: str = "auto"):
+                 holdout=None, holdout_per_step: int = 32, holdout_record_to=None, weighting: str = "auto",
+                 opt_lambda: float = 0.0, opt_norm: str = "l2"):
         super().__init__(loss_fn)
         if not isinstance(reference, nn.Module):
             raise ValueError(f"reference must be an nn.Module (the reference model), got {type(reference).__name__}")
         if method not in ("proj", "cos"):
-            raise ValueError(f"method must be 'proj' or 'cos' (the weights are its softmax), got {method!r}")
+            raise ValueError(f"method must be 'proj' or 'cos' (the score; weighting= sets the weights), got {method!r}")
         if apply_to not in APPLY_TO:
             raise ValueError(f"apply_to must be 'layers' or 'all', got {apply_to!r}")
         try:
@@ -193,6 +204,7 @@ class GradMimic(OnlineMethod):
         self.allow_partial_reference = bool(allow_partial_reference)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        _, self.opt_lambda, self.opt_norm = check_weighting("opt", opt_lambda, opt_norm)
         if holdout is not None and not isinstance(holdout, Holdout):
             if not isinstance(holdout, (tuple, list)) or len(holdout) != 3:
                 raise ValueError("holdout must be (x, y, ids) of the held-out trusted samples, or a Holdout")
@@ -451,8 +463,11 @@ class GradMimic(OnlineMethod):
     def _active(self) -> bool:
         return self.reweight and self.epoch >= self.start_epoch
 
-    def _weights(self, score: torch.Tensor, b: int, hold: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _needs_norms(self) -> bool:
+        return self.method == "cos" or self.weighting == "opt"
+
+    def _weights(self, score: torch.Tensor, b: int, hold: torch.Tensor | None = None, dots=None, sq=None,
+                 v_norm=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(softmax over the (global) batch, the weights applied, the per-sample factors ``u`` of the correction
         ``sum_i u_i g_i`` to add to this process's mean gradient). Under DDP, which averages the R ranks'
         gradients, ``u_i = R w_i - 1/B_rank`` makes the average the global ``sum_i w_i g_i``."""
@@ -461,8 +476,11 @@ class GradMimic(OnlineMethod):
             w = torch.full_like(normed, 1.0 / b_global)
         elif self.weighting == "lfdr":
             w, _ = self._norm.normalise(lfdr_weights(score, hold, self._recent))
-        else:
+        elif self.weighting == "softmax":
             w = normed
+        else:  # the published raw scores or opt solution: per sample, not normalised over the batch
+            w = mimic_weights(score, self.weighting, self.temperature, dots=dots, sq_norms=sq, v_norm=v_norm,
+                              opt_lambda=self.opt_lambda, opt_norm=self.opt_norm)
         return normed, w, self._norm.world * w - 1.0 / b
 
     def _score_holdout(self, inner: nn.Module) -> torch.Tensor | None:
@@ -473,7 +491,8 @@ class GradMimic(OnlineMethod):
         device = next(inner.parameters()).device
         x, y, ids = self.holdout.batch(self.step, device)
         dots, norms = self._terms(inner, x, y)
-        score = scores_from_terms(dots, norms, direction_norm(self.direction()), self.method).detach()
+        score = scores_from_terms(dots, norms if self.method == "cos" else None, direction_norm(self.direction()),
+                                  self.method).detach()
         if self.holdout_recorder is not None:
             self.holdout_recorder.record(ids, self.step, self.epoch, mimic=score)
         return score
@@ -481,7 +500,7 @@ class GradMimic(OnlineMethod):
     def _terms(self, inner: nn.Module, x, y, outputs=None, head_capture=None):
         """``<-g_i, V>`` [B] and ``||g_i||`` (or None) of a batch at the current weights: the final Linear in
         closed form from a forward (the training one when given), else ``alignment_terms`` (its own passes)."""
-        need_norms = self.method == "cos"
+        need_norms = self._needs_norms()
         v = self.direction()
         if head_capture is None and _closed_form_applies(inner, self.names, self.loss_fn):
             head_capture = {}
@@ -534,10 +553,10 @@ class GradMimic(OnlineMethod):
             return self._layer_grads(pending, layers, torch.full((pending.b,), pending.multiplier / pending.b,
                                                                  device=next(iter(layers.values())).delta.device))
         v = self.direction()
-        dots, sq = layer_terms(layers, self._covered, v, self.method == "cos")
-        score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if self.method == "cos" else None,
-                                  direction_norm(v), self.method)
-        normed, w, u = self._weights(score, pending.b, pending.hold)
+        v_norm = direction_norm(v)
+        dots, sq = layer_terms(layers, self._covered, v, self._needs_norms())
+        score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if self.method == "cos" else None, v_norm, self.method)
+        normed, w, u = self._weights(score, pending.b, pending.hold, dots, sq, v_norm)
         self._record(pending.ids, pending.step, pending.epoch, score, normed, w)
         self._swap_ok = True  # the call structure is known: from the next batch on, skip the mean gradient
         if pending.swap:  # autograd computed nothing for the scored parameters: return their whole gradient
@@ -566,8 +585,9 @@ class GradMimic(OnlineMethod):
         """Scores before the backward; a loss whose gradient is the re-weighted one."""
         b = len(ids)
         dots, norms = self._terms(inner, x, y, outputs, head_capture)
-        score = scores_from_terms(dots, norms, direction_norm(self.direction()), self.method)
-        normed, w, u = self._weights(score, b, hold)
+        v_norm = direction_norm(self.direction())
+        score = scores_from_terms(dots, norms if self.method == "cos" else None, v_norm, self.method)
+        normed, w, u = self._weights(score, b, hold, dots, None if norms is None else norms * norms, v_norm)
         self._record(ids, self.step - 1, self.epoch, score, normed, w)
         if not self._active():
             return losses.mean()
