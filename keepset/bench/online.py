@@ -6,7 +6,9 @@ order and epochs for every method). Test accuracy on the clean test split, mean 
 Methods (the definitions and their sources are in the docstrings of keepset.training.parity, online_baselines,
 agra, gradmatch, influence and references):
   sgd                   plain mean loss
-  gradmimic             softmax(proj / T) on the head weight (published normed_proj, the default)
+  gradmimic-lfdr        keepset's default: lfdr weights calibrated by held-out trusted samples (the 20% of the
+                        trusted split the reference never saw; --holdout-per-step of them scored at every step)
+  gradmimic             softmax(proj / T) on the head weight (published normed_proj, the paper's default)
   gradmimic-cos         softmax(cos / T) (normed_cos)
   gradmimic-raw-proj    the raw projections as weights (published proj: signed, unnormalised)
   gradmimic-raw-cos     the raw cosines as weights (published cos)
@@ -48,7 +50,7 @@ import numpy as np
 from keepset.bench._script import script_main
 from keepset.cli._common import add_quiet, positive_float, positive_int, ratio
 
-METHODS = ("sgd", "gradmimic", "gradmimic-cos", "gradmimic-raw-proj", "gradmimic-raw-cos", "gradmimic-opt",
+METHODS = ("sgd", "gradmimic-lfdr", "gradmimic", "gradmimic-cos", "gradmimic-raw-proj", "gradmimic-raw-cos", "gradmimic-opt",
            "gradmimic-sigma", "gradmimic-refsplit", "rho", "rho-softmax", "grand", "grand-softmax", "agra",
            "agra-trusted", "gradmatch", "gradmatch-trusted", "gradmatch-batch", "influence")
 SETTINGS = ("symmetric:0", "symmetric:0.2", "symmetric:0.4", "asymmetric:0.4")
@@ -74,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma", type=positive_float, default=0.1,
                    help="gradmimic-sigma: standard deviation of the noise added to the reference head's weight")
     p.add_argument("--few-shot", type=positive_int, default=10, help="influence: clean samples per class (published 10)")
+    p.add_argument("--holdout-per-step", type=positive_int, default=32,
+                   help="gradmimic-lfdr: held-out trusted samples scored at every step")
     p.add_argument("--gm-fraction", type=ratio, default=0.1, help="gradmatch: fraction selected (CORDS 0.1)")
     p.add_argument("--gm-select-every", type=positive_int, default=1, help="gradmatch: epochs between selections")
     p.add_argument("--out", default=None, help="output folder (default out/bench/online-DATA-MODEL)")
@@ -97,7 +101,7 @@ def parse_setting(text: str) -> tuple[str, float]:
 
 def _config(args) -> dict:
     keys = ("data", "model", "settings", "methods", "ref_epochs", "epochs", "batch_size", "lr", "head_lr",
-            "rho_ratio", "temperature", "sigma", "few_shot", "gm_fraction", "gm_select_every")
+            "rho_ratio", "temperature", "sigma", "few_shot", "gm_fraction", "gm_select_every", "holdout_per_step")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -108,7 +112,7 @@ def reference_features(samples, seed: int, args, out: Path) -> dict:
     from keepset.training import embed
 
     key = json.dumps({"data": args.data, "model": args.model, "ref_epochs": args.ref_epochs,
-                      "batch_size": args.batch_size, "lr": args.lr, "seed": seed}, sort_keys=True)
+                      "batch_size": args.batch_size, "lr": args.lr, "seed": seed, "format": 2}, sort_keys=True)
     path = out / f"reference-seed{seed}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
@@ -121,7 +125,8 @@ def reference_features(samples, seed: int, args, out: Path) -> dict:
     arrays = {
         "key": np.array(key), "train": split.train, "test": split.test, "trusted": split.trusted,
         "train_features": ref.train_features, "test_features": ref.test_features,
-        "trusted_features": embed(ref.net, samples.get_inputs(split.trusted)),
+        "trusted_features": embed(ref.net, samples.get_inputs(split.trusted)), "holdout": split.holdout,
+        "holdout_features": embed(ref.net, samples.get_inputs(split.holdout)),
         "head_weight": ref.net.head.weight.detach().numpy(), "head_bias": ref.net.head.bias.detach().numpy(),
         "test_accuracy": np.array(ref.test_accuracy), "holdout_accuracy": np.array(ref.holdout_accuracy),
         "seconds": np.array(time.perf_counter() - t0),
@@ -132,7 +137,7 @@ def reference_features(samples, seed: int, args, out: Path) -> dict:
 
 
 def make_method(name: str, *, reference, ref: dict, labels, ids, trusted_labels, head0, head_lr: float, seed: int,
-                args):
+                args, holdout_labels=None, holdout_ids=None):
     """The online method ``name`` of the module docstring (None for plain SGD)."""
     import torch
 
@@ -144,6 +149,9 @@ def make_method(name: str, *, reference, ref: dict, labels, ids, trusted_labels,
     t = args.temperature
     if name == "sgd":
         return None
+    if name == "gradmimic-lfdr":
+        return GradMimic(reference, weighting="lfdr", holdout_per_step=args.holdout_per_step,
+                         holdout=(ref["holdout_features"], holdout_labels, holdout_ids))
     if name == "gradmimic":
         return GradMimic(reference, temperature=t)
     if name == "gradmimic-cos":
@@ -214,7 +222,8 @@ def run_cell(samples, ref: dict, kind: str, rate: float, name: str, seed: int, a
     t0 = time.perf_counter()
     method = make_method(name, reference=reference, ref=ref, labels=labels, ids=ids,
                          trusted_labels=samples.labels[ref["trusted"]], head0=head0, head_lr=head_lr, seed=seed,
-                         args=args)
+                         args=args, holdout_labels=samples.labels[ref["holdout"]],
+                         holdout_ids=np.asarray(samples.ids)[ref["holdout"]])
     result = {"seed": seed, "kind": kind, "rate": rate, "method": name, "head_lr": head_lr,
               "reference_accuracy": float(ref["test_accuracy"])}
     try:
