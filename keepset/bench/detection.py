@@ -9,8 +9,18 @@ re-weighting, recording every step's Mimic Score (the published pipeline: Stage 
 of the re-weighted run), and with plain SGD, recording the training dynamics of the baselines (and the
 Mimic Scores of that run, for the ``_sgd`` rows). cleanlab: 5-fold logistic regression on the same features.
 
+Corruption kinds: label noise (symmetric, asymmetric: the rate is the fraction of flipped labels) and damaged
+images (gaussian_noise, blur, occlusion, blank at severity 3: the rate is the fraction of damaged train images,
+their labels kept; the reference's backbone embeds the damaged images). Rate 0 measures what each method drops
+from clean data (kept fraction and quality estimate; detection figures are undefined there).
+
 How each method flags (AUROC is threshold-free and uses the suspicion score in brackets):
-  stage2      Grad-Mimic Stage 2 on the re-weighted run: per-step threshold 1/B on the normed score +
+  calibrated  keepset's default: the head trained with lfdr weights calibrated by the held-out trusted samples,
+              then the calibrated Stage 2 (conformal p-values against the held-out samples scored at every step,
+              drop the estimated noise count; quality = the mean of Storey's estimate and the reference's
+              corrected agreement) [p-value, low = suspect]
+  calibrated_sgd  the calibrated Stage 2 on the Mimic Scores recorded during plain SGD
+  stage2      the paper's Stage 2 on the softmax-re-weighted run: per-step threshold 1/B on the normed score +
               majority vote [fraction of steps voting drop]
   mimic       2-means on the mean Mimic Score of the re-weighted run, low cluster flagged [-mean mimic]
   stage2_sgd, mimic_sgd   the same on the Mimic Scores recorded during the plain-SGD run
@@ -39,10 +49,14 @@ import numpy as np
 from keepset._argtypes import fraction_open, int_at_least, positive_float, positive_int
 from keepset.bench._script import script_main
 from keepset.cli._common import add_quiet
+from keepset.data.corruption import CORRUPTION_KINDS
 
-METHODS = ("stage2", "mimic", "stage2_sgd", "mimic_sgd", "reference", "loss", "el2n", "grand", "aum", "forgetting",
-           "margin", "cleanlab")
-METRICS = ("precision", "recall", "f1", "auroc", "quality_est", "quality_err")
+METHODS = ("calibrated", "calibrated_sgd", "stage2", "mimic", "stage2_sgd", "mimic_sgd", "reference", "loss", "el2n",
+           "grand", "aum", "forgetting", "margin", "cleanlab")
+LABEL_KINDS = ("symmetric", "asymmetric")
+#: image corruption kinds (keepset.data.corruption) at this severity
+DAMAGE_SEVERITY = 3
+METRICS = ("precision", "recall", "f1", "auroc", "quality_est", "quality_err", "kept_fraction")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,10 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="reference network")
     p.add_argument("--seeds", type=positive_int, default=3,
                    help="number of seeds (0, 1, ...); rerunning with more seeds adds them to finished results")
-    p.add_argument("--kinds", nargs="+", default=["symmetric", "asymmetric"], choices=("symmetric", "asymmetric"),
-                   help="label-noise kinds")
-    p.add_argument("--rates", nargs="+", type=fraction_open, default=[0.2, 0.4, 0.6],
-                   help="label-noise rates, each in [0, 1)")
+    p.add_argument("--kinds", nargs="+", default=list(LABEL_KINDS), choices=LABEL_KINDS + CORRUPTION_KINDS,
+                   help="corruption kinds: label noise (symmetric, asymmetric) or damaged images")
+    p.add_argument("--rates", nargs="+", type=fraction_open, default=[0.0, 0.1, 0.2, 0.4, 0.6],
+                   help="corruption rates, each in [0, 1) (0: clean data)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
                    help=f"detection methods, among: {', '.join(METHODS)} (default: all)")
     p.add_argument("--ref-epochs", type=positive_int, default=30, help="epochs of the reference on the trusted split")
@@ -111,7 +125,16 @@ def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int)
         t0 = time.perf_counter()
         own_quality = None  # a method's own quality estimate, when it has one other than the unflagged fraction
         rec = run.gradmimic if m in ("stage2", "mimic") else run.mimic
-        if m in ("stage2", "stage2_sgd"):
+        if m in ("calibrated", "calibrated_sgd"):
+            from keepset.scoring.reference_agreement import quality_from_agreement, reference_disagrees
+            from keepset.selection.stage2 import calibrated_stage2
+
+            agree = 1.0 - float(reference_disagrees(reference.train_logits(), run.labels).mean())
+            check = quality_from_agreement(agree, reference.holdout_accuracy, reference.train_logits().shape[1])
+            logs = (run.lfdr, run.lfdr_holdout) if m == "calibrated" else (run.mimic, run.mimic_holdout)
+            res_c = calibrated_stage2(*logs, ids=run.ids, reference_quality=check, seed=seed)
+            suspicion, flags, own_quality = -res_c.pvalues, ~res_c.keep, res_c.quality
+        elif m in ("stage2", "stage2_sgd"):
             from keepset.selection.stage2 import stage2_votes
 
             _, yes, total = stage2_votes(rec, binarize="threshold", vote="majority", ids=run.ids)
@@ -146,13 +169,35 @@ def detect(run, methods, *, early_epochs: int, folds: int, reference, seed: int)
             suspicion = -quality
         else:
             raise ValueError(f"unknown detection method {m!r}; choose from {METHODS}")
-        res = detection_metrics(corrupted, np.asarray(flags, dtype=bool))
-        res["auroc"] = auroc(corrupted, suspicion)
+        flags = np.asarray(flags, dtype=bool)
+        if corrupted.any():
+            res = detection_metrics(corrupted, flags)
+            res["auroc"] = auroc(corrupted, suspicion)
+        else:  # clean data: nothing to detect; what a method drops shows in its kept fraction and quality
+            res = {"precision": None, "recall": None, "f1": None, "flagged": int(flags.sum()), "auroc": None}
+        res["kept_fraction"] = 1.0 - float(flags.mean())
         res["quality_est"] = 1.0 - float(np.mean(flags)) if own_quality is None else own_quality
         res["quality_err"] = abs(res["quality_est"] - (1.0 - float(corrupted.mean())))
         res["seconds"] = time.perf_counter() - t0
         out[m] = res
     return out
+
+
+def damaged_train(samples, split, ref, kind: str, rate: float, seed: int):
+    """(clean labels, damaged mask, a Reference whose train features are the backbone's on the damaged images)."""
+    import dataclasses
+
+    from keepset.data.corruption import corrupt_images
+    from keepset.training import embed
+
+    labels = samples.labels[split.train].copy()
+    if rate == 0:
+        return labels, np.zeros(len(labels), bool), ref
+    x = samples.get_inputs(split.train)
+    if x.ndim != 4:
+        raise ValueError(f"--kinds {kind} damages images; {samples.name} holds feature vectors")
+    x, damaged = corrupt_images(x, kind, fraction=rate, severity=DAMAGE_SEVERITY, seed=seed)
+    return labels, damaged, dataclasses.replace(ref, train_features=embed(ref.net, x))
 
 
 def run(args) -> int:
@@ -179,11 +224,15 @@ def run(args) -> int:
                                          batch_size=args.batch_size, lr=args.lr, seed=seed,
                                          device=args.device)
         ref = refs[seed]
-        labels, corrupted = noisy_labels(samples, split, kind, rate, seed)
         t0 = time.perf_counter()
+        if kind in CORRUPTION_KINDS:
+            labels, corrupted, ref = damaged_train(samples, split, ref, kind, rate, seed)
+        else:
+            labels, corrupted = noisy_labels(samples, split, kind, rate, seed)
         prun = proxy_run(ref, labels, corrupted, samples.labels[split.test], samples.num_classes,
                          epochs=args.head_epochs, batch_size=args.batch_size, lr=args.head_lr, seed=seed,
-                         gradmimic=bool({"stage2", "mimic"} & set(args.methods)), device=args.device)
+                         gradmimic=bool({"stage2", "mimic", "calibrated"} & set(args.methods)), device=args.device,
+                         ids=np.asarray(samples.ids)[split.train])
         proxy_s = time.perf_counter() - t0
         methods = detect(prun, args.methods, early_epochs=args.early_epochs, folds=args.folds,
                          reference=ref, seed=seed)
@@ -192,6 +241,7 @@ def run(args) -> int:
                    "reference_accuracy": ref.test_accuracy, "reference_holdout_accuracy": ref.holdout_accuracy,
                    "head_accuracy": prun.head_test_accuracy,
                    "head_lr": prun.head_lr, "gradmimic_head_accuracy": prun.gradmimic_test_accuracy,
+                   "lfdr_head_accuracy": prun.lfdr_test_accuracy,
                    "proxy_seconds": proxy_s, "methods": methods})
         bar.update(1)
     bar.close()
@@ -221,6 +271,7 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
     ref_acc = [c["reference_accuracy"] for c in store.cells.values()]
     head_acc = [c["head_accuracy"] for c in store.cells.values()]
     gm_acc = [c.get("gradmimic_head_accuracy") for c in store.cells.values()]
+    lfdr_acc = [c.get("lfdr_head_accuracy") for c in store.cells.values()]
     lrs = [c["head_lr"] for c in store.cells.values() if "head_lr" in c]
     if cfg.get("head_lr") is not None:
         step = f"head SGD step {cfg['head_lr']:g}"
@@ -231,8 +282,8 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
     text = [f"# Mislabel detection: {cfg['data']}, reference {cfg['model']}\n",
             f"Seeds: {seeds}; reference epochs {cfg['ref_epochs']}, linear head epochs {cfg['head_epochs']}, "
             f"batch {cfg['batch_size']}, {step}. Reference test accuracy (trusted split only): {fmt(mean_std(ref_acc))}; "
-            f"head test accuracy, plain SGD: {fmt(mean_std(head_acc))}, Grad-Mimic: {fmt(mean_std(gm_acc))}. "
-            "Values: mean ± std over seeds.\n",
+            f"head test accuracy, plain SGD: {fmt(mean_std(head_acc))}, Grad-Mimic softmax: {fmt(mean_std(gm_acc))}, "
+            f"Grad-Mimic lfdr: {fmt(mean_std(lfdr_acc))}. Values: mean ± std over seeds.\n",
             "## AUROC (threshold-free)\n"]
     settings = sorted({(k[0], k[1]) for k in agg}, key=lambda s: (s[0] != "symmetric", s[1]))
     methods = [m for m in METHODS if any(k[2] == m for k in agg)]
@@ -241,6 +292,12 @@ def write_reports(store, out: Path, plots: bool = True) -> None:
                                                for k, r in settings] for m in methods]))
     text.append("\n## F1 of the flags\n")
     text.append(markdown_table(header, [[m] + [fmt(agg[(k, r, m)]["f1"]) if (k, r, m) in agg else "–"
+                                               for k, r in settings] for m in methods]))
+    text.append("\n## Quality estimate error (|estimated - true clean fraction|)\n")
+    text.append(markdown_table(header, [[m] + [fmt(agg[(k, r, m)]["quality_err"]) if (k, r, m) in agg else "–"
+                                               for k, r in settings] for m in methods]))
+    text.append("\n## Kept fraction\n")
+    text.append(markdown_table(header, [[m] + [fmt(agg[(k, r, m)]["kept_fraction"]) if (k, r, m) in agg else "–"
                                                for k, r in settings] for m in methods]))
     text.append("\n## All metrics\n")
     rows = []

@@ -8,9 +8,10 @@
 3. train a fresh linear head on the (noisy) train split's backbone features with plain SGD, while
    ``GradMimic`` (reference = a LinearProbe holding the trusted net's head, ``reweight=False``) records
    every step's Mimic Score and ``DynamicsObserver`` records loss / correctness / margins ..., by sample id;
-4. optionally (``gradmimic=True``) train the same fresh head with Grad-Mimic's Stage 1 re-weighting,
-   recording every step's Mimic Score: the input of Grad-Mimic's Stage 2 in the published pipeline and
-   in keepset's demo.
+4. optionally (``gradmimic=True``) train the same fresh head twice more with Grad-Mimic's Stage 1
+   re-weighting, recording every step's Mimic Score: with the paper's softmax weights (the input of its Stage
+   2), and with keepset's default, lfdr weights calibrated by the held-out trusted samples, which are scored at
+   every step of that run and of the plain-SGD run (the input of the calibrated Stage 2).
 
 Every method is scored from that one proxy run, so all of them see the same data, model and budget.
 """
@@ -28,7 +29,7 @@ from keepset.models import LinearProbe, model_for_inputs
 from keepset.recorder import DynamicsRecorder, dense_by_epoch, per_sample
 from keepset.training import GradMimic, accuracy, embed, fit
 from keepset.training.dynamics_observer import DYNAMICS_FIELDS, DynamicsObserver
-from keepset.training.gradmimic import RECORD_FIELDS
+from keepset.training.gradmimic import HOLDOUT_FIELDS, RECORD_FIELDS
 from keepset.training.step_size import probe_learning_rate
 
 #: fraction of the trusted split held out from the reference: its accuracy there corrects quality estimates
@@ -50,6 +51,9 @@ class Reference:
     train_features: np.ndarray  # [N_train, d] backbone features of the train split
     test_features: np.ndarray
     test_accuracy: float  # final metric only
+    holdout_features: np.ndarray | None = None  # [H, d] the held-out trusted samples' features
+    holdout_labels: np.ndarray | None = None
+    holdout_ids: np.ndarray | None = None
 
     def train_logits(self) -> np.ndarray:
         """The reference network's head on its frozen features of the train split: float64 [N_train, K]."""
@@ -69,8 +73,12 @@ class ProxyRun:
     dynamics: DynamicsRecorder  # fields DYNAMICS_FIELDS
     head_test_accuracy: float
     head_lr: float  # the SGD step the head was trained with
-    gradmimic: DynamicsRecorder | None = None  # RECORD_FIELDS recorded during Grad-Mimic training
+    gradmimic: DynamicsRecorder | None = None  # RECORD_FIELDS recorded during Grad-Mimic training (softmax)
     gradmimic_test_accuracy: float | None = None
+    mimic_holdout: DynamicsRecorder | None = None  # the held-out samples' scores during the plain-SGD run
+    lfdr: DynamicsRecorder | None = None  # RECORD_FIELDS recorded during keepset's default (lfdr) training
+    lfdr_holdout: DynamicsRecorder | None = None
+    lfdr_test_accuracy: float | None = None
 
     def mean_mimic(self, rec: DynamicsRecorder) -> np.ndarray:
         """Each train sample's mean Mimic Score in ``rec``: float64 [N_train], in the train split's order."""
@@ -103,10 +111,12 @@ def train_reference(samples, split: Split, kind: str, *, epochs: int, batch_size
     x_tr, y_tr = samples.get_inputs(split.trusted), samples.labels[split.trusted]
     net = train_network(kind, x_tr, y_tr, samples.num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
                         seed=seed, desc="reference", device=device)
-    held = accuracy(net, samples.get_inputs(split.holdout), samples.labels[split.holdout])
+    x_held = samples.get_inputs(split.holdout)
+    held = accuracy(net, x_held, samples.labels[split.holdout])
     x_test = samples.get_inputs(split.test)
     return Reference(net, held, embed(net, samples.get_inputs(split.train)), embed(net, x_test),
-                     accuracy(net, x_test, samples.labels[split.test]))
+                     accuracy(net, x_test, samples.labels[split.test]), embed(net, x_held),
+                     samples.labels[split.holdout], np.asarray(samples.ids)[split.holdout])
 
 
 def noisy_labels(samples, split: Split, kind: str, rate: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,14 +147,21 @@ def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, 
     head0 = LinearProbe(d, num_classes)
     head = copy.deepcopy(head0)
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids)
+    held = None
+    if ref.holdout_features is not None:
+        held = (ref.holdout_features, ref.holdout_labels,
+                ref.holdout_ids if ref.holdout_ids is not None else np.arange(len(ref.holdout_labels)) + 10**9)
     mimic = DynamicsRecorder(None, RECORD_FIELDS)
+    mimic_held = DynamicsRecorder(None, HOLDOUT_FIELDS) if held else None
     obs = DynamicsObserver(DynamicsRecorder(None, DYNAMICS_FIELDS))
-    fit(head, feats, labels, ids=ids, method=GradMimic(reference, reweight=False, record_to=mimic), observers=[obs],
+    fit(head, feats, labels, ids=ids, observers=[obs], method=GradMimic(
+        reference, reweight=False, record_to=mimic, holdout=held, holdout_record_to=mimic_held),
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False, desc="proxy",
         device=device)
     head.cpu()
     acc = accuracy(head, ref.test_features, test_labels)
     out = ProxyRun(ids, np.asarray(labels), np.asarray(corrupted), mimic, obs.recorder, acc, float(lr))
+    out.mimic_holdout = mimic_held
     if gradmimic:
         out.gradmimic = DynamicsRecorder(None, RECORD_FIELDS)
         fit(head0, feats, labels, ids=ids, method=GradMimic(reference, reweight=True, record_to=out.gradmimic),
@@ -152,4 +169,15 @@ def proxy_run(ref: Reference, labels, corrupted, test_labels, num_classes: int, 
             desc="proxy (Grad-Mimic)", device=device)
         head0.cpu()
         out.gradmimic_test_accuracy = accuracy(head0, ref.test_features, test_labels)
+        if held:
+            torch.manual_seed(seed + 1)
+            head1 = LinearProbe(d, num_classes)  # the same initial head again
+            out.lfdr = DynamicsRecorder(None, RECORD_FIELDS)
+            out.lfdr_holdout = DynamicsRecorder(None, HOLDOUT_FIELDS)
+            fit(head1, feats, labels, ids=ids, method=GradMimic(
+                reference, weighting="lfdr", holdout=held, record_to=out.lfdr, holdout_record_to=out.lfdr_holdout),
+                epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, seed=seed, progress=False,
+                desc="proxy (Grad-Mimic, lfdr)", device=device)
+            head1.cpu()
+            out.lfdr_test_accuracy = accuracy(head1, ref.test_features, test_labels)
     return out
