@@ -12,6 +12,10 @@ EXAMPLES = """examples:
   keepset select --scores out/demo/scores.parquet --method stage2 --dynamics out/demo/dynamics/gradmimic --out keep2.npy
   keepset select --scores pool.parquet --id-column uid --method top --column clip_score --ratio 0.3 \
                  --format datacomp --out keep_uids.npy
+  keepset select --scores out/pairs/scores.parquet --method expr \
+                 --expr "top(clip_score, 0.3) - bottom(mimic_mean, 0.2)" --format datacomp --out keep_dc.npy
+  keepset select --scores dc=pool_metadata.parquet --id-column uid --scores out/pairs/scores.parquet --id-column id \
+                 --method expr --expr "(dc.clip_b32_similarity_score >= 0.28) - bottom(mimic_mean, 0.2)" --out keep.npy
 """
 
 
@@ -20,10 +24,15 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("select", help="turn a score table into a keep list",
                               description=f"{__doc__}\n\nmethods:\n{methods}", epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scores", required=True,
-                   help="score table (.parquet) keyed by sample id, from keepset score / filter / demo or your own")
-    p.add_argument("--id-column", default="id",
-                   help="column of --scores holding the sample ids (default: id; DataComp metadata: uid)")
+    p.add_argument("--scores", required=True, action="append", metavar="[NAME=]PATH",
+                   help="score table (.parquet) keyed by sample id, from keepset score / filter / demo or your own; "
+                        "repeat it to join several tables by id; NAME= prefixes that table's columns (NAME.column)")
+    p.add_argument("--id-column", action="append", default=None, metavar="COLUMN",
+                   help="column of --scores holding the sample ids (default: id; DataComp metadata: uid); give it "
+                        "once for every table, or once per --scores, in the same order")
+    p.add_argument("--join", choices=("same", "inner"), default="same",
+                   help="several --scores: 'same' (default) requires every table to hold the same ids; 'inner' "
+                        "keeps the ids all of them hold and says how many each lost")
     p.add_argument("--method", required=True, choices=sorted(SELECTORS), metavar="METHOD")
     p.add_argument("--ratio", type=float, default=None, help="fraction of samples to keep, in (0, 1]")
     p.add_argument("--out", required=True, help="keep list (.npy of kept ids)")
@@ -39,13 +48,16 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import numpy as np
 
-    from keepset.io import check_writable, read_score_table, uids_to_datacomp, write_keep_list, write_manifest
+    from keepset.io import check_writable, uids_to_datacomp, write_keep_list, write_manifest
 
     options = method_options(args, args._method_flags, args.method, lambda m, dest: dest in SELECTOR_FLAGS[m],
-                             SELECTORS, skip=("scores", "out", "method", "id_column"))
+                             SELECTORS, skip=("scores", "out", "method", "id_column", "join"))
     check_writable(args.out, args.overwrite)
     check_writable(f"{args.out}.manifest.json", args.overwrite)
-    table = read_score_table(args.scores, id_column=args.id_column)
+    table, join_info = read_tables(args.scores, args.id_column, args.join)
+    if join_info is not None and any(join_info["dropped"].values()):
+        print(f"joined {len(args.scores)} tables on {join_info['n']} shared ids; dropped "
+              + ", ".join(f"{n} from {name}" for name, n in join_info["dropped"].items()))
     keep = np.asarray(get_selector(args.method)(table, **options))
     if keep.dtype != np.bool_ or keep.shape != table["id"].shape:
         raise ValueError(f"selector {args.method} returned a mask of shape {keep.shape}, dtype {keep.dtype}")
@@ -54,8 +66,28 @@ def run(args) -> int:
         kept_ids = uids_to_datacomp(kept_ids)
     params = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))}
     write_keep_list(args.out, kept_ids, overwrite=args.overwrite)
+    params.update(format=args.format, join=args.join)
     write_manifest(f"{args.out}.manifest.json", method=args.method, params=params,
-                   data={"n": int(len(keep)), "kept": int(keep.sum())}, inputs={"scores": args.scores},
+                   data={"n": int(len(keep)), "kept": int(keep.sum())},
+                   inputs={"scores": args.scores if len(args.scores) > 1 else args.scores[0]},
                    outputs={"keep": str(args.out)}, overwrite=args.overwrite)
     print(f"kept {int(keep.sum())} of {len(keep)} samples ({keep.mean():.1%}) -> {args.out}")
     return 0
+
+
+def read_tables(specs: list[str], id_columns: list[str] | None, join: str):
+    """The score table of one ``--scores`` (join info None) or several joined by id (keepset.io.tables)."""
+    from keepset.io.tables import join_score_tables, parse_table_arg, read_score_table
+
+    id_columns = id_columns or ["id"]
+    if len(id_columns) not in (1, len(specs)):
+        raise ValueError(f"give --id-column once (for every table) or once per --scores ({len(specs)}), "
+                         f"got {len(id_columns)}")
+    if len(id_columns) == 1:
+        id_columns = id_columns * len(specs)
+    parsed = [parse_table_arg(s) for s in specs]
+    if len(specs) == 1 and parsed[0][0] is None:
+        return read_score_table(parsed[0][1], id_column=id_columns[0]), None
+    tables = [(prefix, read_score_table(path, id_column=col), prefix or str(path))
+              for (prefix, path), col in zip(parsed, id_columns)]
+    return join_score_tables(tables, how=join)
