@@ -204,3 +204,84 @@ def join_score_tables(tables, *, how: str = "same") -> tuple[dict[str, np.ndarra
     n_total = {name: len(t["id"]) for _, t, name in tables}
     info = {"n": int(len(rows)), "dropped": {name: int(n - len(rows)) for name, n in n_total.items()}}
     return out, info
+
+
+class ScoreTableWriter:
+    """Write a score table chunk by chunk (memory bounded by one chunk), atomically: the file appears
+    whole when the writer closes without error, and an existing file is only replaced with ``overwrite``.
+
+        with ScoreTableWriter("scores.parquet", metadata={...}) as w:
+            for shard in ...:
+                w.write(ids, {"caption": texts, "clip_score": s, "keep": k})
+
+    Every chunk has the columns of the first, in the same order. Ids are checked unique inside each chunk;
+    across chunks the caller guarantees it (a pair source refuses duplicate ids).
+    """
+
+    def __init__(self, path: str | Path, *, directions: dict[str, str] | None = None,
+                 metadata: dict | None = None, overwrite: bool = False):
+        import contextlib
+
+        self.path = Path(path)
+        self._directions = dict(directions or {})
+        self._metadata = dict(metadata or {})
+        self._stack = contextlib.ExitStack()
+        self._tmp = self._stack.enter_context(atomic_path(self.path, overwrite))
+        self._writer = None
+        self._names: list[str] | None = None
+        self.rows = 0
+
+    def write(self, ids, columns: dict[str, np.ndarray]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        ids = check_ids(ids, "ids")
+        cols = {"id": ids}
+        for name, col in columns.items():
+            if name == "id":
+                raise ValueError("a score column may not be named 'id'")
+            col = col if isinstance(col, list) else np.asarray(col)
+            if len(col) != len(ids):
+                raise ValueError(f"score column {name!r} has {len(col)} rows, expected {len(ids)}")
+            cols[name] = col
+        if self._names is None:
+            self._names = list(cols)
+            dirs = {c: KNOWN_DIRECTIONS[c] for c in cols if c in KNOWN_DIRECTIONS}
+            for c, d in self._directions.items():
+                if c not in cols or d not in DIRECTIONS:
+                    raise ValueError(f"direction {d!r} of column {c!r}: the column must exist and the direction be "
+                                     f"one of {DIRECTIONS}")
+                dirs[c] = d
+            doc = {"directions": dirs, **self._metadata}
+            table = pa.table({k: pa.array(v) for k, v in cols.items()})
+            schema = table.schema.with_metadata({META_KEY: json.dumps(doc, sort_keys=True, default=str).encode()})
+            self._writer = pq.ParquetWriter(self._tmp, schema)
+        elif list(cols) != self._names:
+            raise ValueError(f"every chunk needs the columns {self._names}, got {list(cols)}")
+        table = pa.table({k: pa.array(v) for k, v in cols.items()})
+        self._writer.write_table(table.cast(self._writer.schema))
+        self.rows += len(ids)
+
+    def close(self) -> Path:
+        """Finish the file and move it into place."""
+        if self._writer is None:
+            raise ValueError(f"no rows were written to {self.path}; a score table needs at least one chunk")
+        self._writer.close()
+        self._stack.close()
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the partial file (the target is left as it was)."""
+        if self._writer is not None:
+            self._writer.close()
+        self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+        return False
