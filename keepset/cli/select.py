@@ -69,7 +69,7 @@ def run(args) -> int:
     params.update(format=args.format, join=args.join)
     write_manifest(f"{args.out}.manifest.json", method=args.method, params=params,
                    data={"n": int(len(keep)), "kept": int(keep.sum())},
-                   inputs={"scores": args.scores if len(args.scores) > 1 else args.scores[0]},
+                   inputs=table_inputs(args.scores),
                    outputs={"keep": str(args.out)}, overwrite=args.overwrite)
     print(f"kept {int(keep.sum())} of {len(keep)} samples ({keep.mean():.1%}) -> {args.out}")
     return 0
@@ -91,3 +91,16 @@ def read_tables(specs: list[str], id_columns: list[str] | None, join: str):
     tables = [(prefix, read_score_table(path, id_column=col), prefix or str(path))
               for (prefix, path), col in zip(parsed, id_columns)]
     return join_score_tables(tables, how=join)
+
+
+def table_inputs(specs: list[str]) -> dict[str, str]:
+    """The manifest's inputs: ``scores`` for one table, ``scores[i]`` / ``scores[NAME]`` for several."""
+    from keepset.io.tables import parse_table_arg
+
+    if len(specs) == 1:
+        return {"scores": str(parse_table_arg(specs[0])[1])}
+    out = {}
+    for i, spec in enumerate(specs):
+        prefix, path = parse_table_arg(spec)
+        out[f"scores[{prefix if prefix else i}]"] = str(path)
+    return out
