@@ -372,3 +372,41 @@ def test_quality_above_clean_quantile_by_hand():
     assert quality_above_clean_quantile(np.full(10, 50.0), clean)["estimate"] == 1.0
     with pytest.raises(ValueError, match="NaN"):
         quality_above_clean_quantile(np.array([np.nan]), clean)
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_image_text_bench_tiny_run_writes_json_and_resumes(tmp_path, monkeypatch):
+    from keepset.bench import image_text
+    from keepset.data.sources import FASHION_MNIST_DIR
+
+    if not FASHION_MNIST_DIR.exists():
+        pytest.skip("dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    out = tmp_path / "bench"
+    argv = ["--n", "300", "--kinds", "swapped", "--rates", "0.3", "--batch-size", "32", "--dim", "16",
+            "--epochs", "2", "--train-epochs", "1", "--trusted", "0.1", "--encoder-fraction", "0.01",
+            "--encoder-epochs", "1", "--shard-size", "120", "--out", str(out), "--no-progress"]
+    assert image_text.main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    cells = {c["method"]: c for c in doc["cells"].values()}
+    assert set(cells) == {*image_text.METHODS, "steps"}
+    assert all(c["kind"] == "swapped" and c["rate"] == 0.3 and c["seed"] == 0 for c in cells.values())
+    assert cells["all"]["kept"] == 1.0 and cells["clean"]["kept_corrupted"] == 0.0
+    assert cells["all"]["true_quality"] == pytest.approx(1 - 90 / 270)      # 30 trusted clean pairs set aside
+    for m in ("stage2", "mimic", "clip_score", "sas"):
+        assert 0 <= cells[m]["auroc"] <= 1 and 0 <= cells[m]["f1"] <= 1
+        assert 0 <= cells[m]["zero_shot"] <= 1 and 0 <= cells[m]["recall_at_1"] <= cells[m]["recall_at_5"] <= 1
+    assert cells["paper_algebra"]["kept"] <= 0.3 + 1e-9 and cells["paper_algebra"]["auroc"] is None
+    s = cells["steps"]
+    assert s["plain_steps"] <= s["total_steps"] and len(s["plain_curve"]) == len(s["curve_steps"])
+    assert "## Detection AUROC" in (out / "results.md").read_text()
+    assert not (out / "pools").exists() or not any((out / "pools").iterdir())   # pools removed when done
+
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(image_text, "build_pool", boom)
+    assert image_text.main(argv) == 0
+    assert json.loads((out / "results.json").read_text()) == doc
+    with pytest.raises(ValueError, match="another configuration"):
+        image_text.main([*argv[:-3], "--dim", "8", "--out", str(out), "--no-progress"])
