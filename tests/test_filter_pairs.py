@@ -122,11 +122,14 @@ def test_shuffled_table_gives_the_same_stage2_keep_set_and_select_writes_datacom
 
 @needs_minilm
 def test_given_reference_reproduces_the_run(pool, tmp_path):
+    from keepset.io import uids_to_datacomp
+
     d, out, truth, trusted = pool
     out2 = tmp_path / "again"
+    np.save(tmp_path / "trusted_dc.npy", uids_to_datacomp(trusted))   # trusted uids in DataComp's format
     assert main(["filter", "--data", f"datacomp:{d / 'pool' / 'datacomp'}", "--reference",
-                 str(out / "reference.safetensors"), "--trusted-ids", str(d / "trusted.npy"), "--out", str(out2),
-                 "--no-sas", *FLAGS]) == 0
+                 str(out / "reference.safetensors"), "--trusted-ids", str(tmp_path / "trusted_dc.npy"),
+                 "--out", str(out2), "--no-sas", *FLAGS]) == 0
     a = pq.read_table(out / "scores.parquet").to_pandas().set_index("id")
     b = pq.read_table(out2 / "scores.parquet").to_pandas().set_index("id").loc[a.index]
     assert np.array_equal(a.keep, b.keep) and np.allclose(a.mimic_mean, b.mimic_mean)
@@ -161,6 +164,12 @@ def test_bad_inputs_are_refused_before_any_work(pool, tmp_path, capsys):
     from keepset.models import MLP, save_checkpoint
 
     save_checkpoint(MLP(64, 10), tmp_path / "mlp.safetensors")
+    (tmp_path / "no_npz").mkdir()
+    for f in (d / "pool" / "datacomp").glob("*.parquet"):
+        (tmp_path / "no_npz" / f.name).write_bytes(f.read_bytes())
+    assert main(["filter", "--data", f"datacomp:{tmp_path / 'no_npz'}", "--trusted-ids", str(d / "trusted.npy"),
+                 "--out", str(tmp_path / "n"), "--quiet"]) == 2
+    assert "have no .npz embeddings" in capsys.readouterr().err
     cases = [
         (["--trusted-ids", str(tmp_path / "strangers.npy")], "1 of 2 trusted ids are not in the pool"),
         (["--trusted-ids", str(tmp_path / "ints.npy")], "cannot name the same pairs"),
@@ -173,6 +182,7 @@ def test_bad_inputs_are_refused_before_any_work(pool, tmp_path, capsys):
         (["--trusted-ids", str(d / "trusted.npy"), "--batch-size", "1"], "batch_size must be >= 2"),
         (["--trusted-ids", str(d / "trusted.npy"), "--text-hidden", "a,b"], "--text-hidden takes"),
         (["--trusted-ids", str(d / "trusted.npy"), "--text-encoder", "minilm"], "applies only to pools of images"),
+        (["--trusted-ids", str(d / "trusted.npy"), "--image-encoder", "clip:nowhere"], "ships its own embeddings"),
         (["--trusted", "digits"], "--trusted digits is labelled data"),
         ([], "give --trusted-ids FILE"),
     ]
@@ -396,6 +406,7 @@ def test_image_text_bench_tiny_run_writes_json_and_resumes(tmp_path, monkeypatch
     for m in ("stage2", "mimic", "clip_score", "sas"):
         assert 0 <= cells[m]["auroc"] <= 1 and 0 <= cells[m]["f1"] <= 1
         assert 0 <= cells[m]["zero_shot"] <= 1 and 0 <= cells[m]["recall_at_1"] <= cells[m]["recall_at_5"] <= 1
+        assert cells[m]["heldout_loss"] > 0
     assert cells["paper_algebra"]["kept"] <= 0.3 + 1e-9 and cells["paper_algebra"]["auroc"] is None
     s = cells["steps"]
     assert s["plain_steps"] <= s["total_steps"] and len(s["plain_curve"]) == len(s["curve_steps"])

@@ -20,8 +20,8 @@ Protocol, for every corruption kind (swapped, unrelated, damaged, duplicate), ra
    subset: ``--train-epochs`` passes over the whole filtered pool's size) on each method's kept pairs, plus
    ``all`` (the whole filtered pool) and ``clean`` (its truly clean pairs: an oracle). Reported: zero-shot
    accuracy on the Fashion-MNIST TEST images (the pool's image tower; prompts "a photo of a {class}" through
-   MiniLM, the pool's text encoder; the test split is read only here), and text-to-image recall@1 among the
-   held-out trusted pairs (clean, never trained on by any probe).
+   MiniLM, the pool's text encoder; the test split is read only here), text-to-image recall@1 and @5 among the
+   held-out trusted pairs (clean, never trained on by any probe) and their contrastive loss (one batch).
 6. Training speed (the paper's "same loss in fewer steps"): from the filter's shared initialisation, plain
    training and Grad-Mimic re-weighted training over the same batches of the whole filtered pool; the
    contrastive loss of the held-out trusted pairs (one batch) is measured every ``--eval-every`` steps; reported:
@@ -144,6 +144,16 @@ def train_fixed_steps(init, img: np.ndarray, txt: np.ndarray, *, steps: int, bat
             if done == steps:
                 break
     return probe.cpu().eval()
+
+
+def heldout_loss(probe, img: np.ndarray, txt: np.ndarray) -> float:
+    """CLIP's loss of the given pairs as one batch (the held-out trusted pairs: clean, never trained on)."""
+    import torch
+
+    from keepset.losses import clip_loss
+
+    with torch.no_grad():
+        return float(clip_loss(probe(torch.from_numpy(img), torch.from_numpy(txt))).mean())
 
 
 def loss_curves(result, arrays: dict, *, args, seed: int, device) -> dict:
@@ -327,6 +337,7 @@ def run_cell(pool: Path, kind: str, rate: float, seed: int, methods: list[str], 
             res["zero_shot"] = zero_shot_accuracy(probe, test_x, test_y, prompts)
             res["recall_at_1"] = recall_at_k(probe, arrays["img"][pos_h], arrays["txt"][pos_h], 1)
             res["recall_at_5"] = recall_at_k(probe, arrays["img"][pos_h], arrays["txt"][pos_h], 5)
+            res["heldout_loss"] = heldout_loss(probe, arrays["img"][pos_h], arrays["txt"][pos_h])
         res["train_steps"] = steps
         res["seconds"] = time.perf_counter() - t1
         out[m] = res
@@ -375,7 +386,7 @@ def write_reports(store, out: Path) -> None:
     cells = list(store.cells.values())
     rows = [c for c in cells if c["method"] != "steps"]
     metrics = ("auroc", "f1", "precision", "recall", "kept", "kept_corrupted", "zero_shot", "recall_at_1",
-               "recall_at_5", "true_quality", "estimated_quality", "clip_check")
+               "recall_at_5", "heldout_loss", "true_quality", "estimated_quality", "clip_check")
     clean_rows = [{k: (np.nan if v is None else v) for k, v in r.items()} for r in rows]
     agg = group(clean_rows, ("kind", "rate", "method"), metrics)
     settings = sorted({(c["kind"], c["rate"]) for c in cells}, key=lambda s: (KINDS.index(s[0]), s[1]))
@@ -405,6 +416,8 @@ def write_reports(store, out: Path) -> None:
                                     if any((k, r, m) in agg for k, r in settings)]),
             "\n## Zero-shot accuracy on the Fashion-MNIST test images after training on each subset\n",
             table(METHODS, "zero_shot"),
+            "\n## Contrastive loss of the held-out trusted pairs (one batch) after training on each subset\n",
+            table(METHODS, "heldout_loss"),
             "\n## Text-to-image recall@1 among the held-out trusted pairs\n", table(METHODS, "recall_at_1"),
             "\n## Dataset quality: Stage 2's estimate, the clip-score check, the truth\n",
             markdown_table(["setting", "estimated (Stage 2)", "clip check", "true"],

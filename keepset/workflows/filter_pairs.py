@@ -381,6 +381,7 @@ def _filter_pairs(source, trusted, reference, reference_extra, options, dynamics
     init = None
     if reference is not None:
         init = init_of_reference(reference, reference_extra or {})
+        reference = copy.deepcopy(reference)  # frozen and moved below: leave the caller's module as it was
 
     # pass 1: ids, sizes, trusted pairs; every check before any training. A pool whose embeddings are
     # computed here is spilled to a local folder once, and every later pass reads that.
@@ -637,23 +638,33 @@ def load_pair_inputs(cfg: PairFilterConfig):
         init_of_reference(reference, extra, cfg.reference)
     truth = read_pair_truth(cfg.truth) if cfg.truth else None
     trusted = read_keep_list(cfg.trusted_ids) if cfg.trusted_ids else None
+    if trusted is not None and trusted.dtype == np.dtype("u8,u8"):  # a DataComp subset file: its uids
+        from keepset.io import datacomp_to_uids
+
+        trusted = datacomp_to_uids(trusted)
     if trusted is not None and trusted.dtype.kind not in "iuU":
-        raise ValueError(f"{cfg.trusted_ids} must hold pair ids (strings or integers), got dtype {trusted.dtype}")
+        raise ValueError(f"{cfg.trusted_ids} must hold pair ids (strings or integers, or DataComp's u8,u8 uid "
+                         f"pairs), got dtype {trusted.dtype}")
     source = load_pairs(cfg.data)
+    missing = getattr(source, "shards_without_embeddings", None)
+    if getattr(source, "embeddings", "") is None or missing:
+        raise ValueError(f"{cfg.data}: shard(s) {(missing or source.shards)[:3]} have no .npz embeddings beside their "
+                         ".parquet; a DataComp pool is filtered on its image / text embeddings (keepset downloads no "
+                         "images): add the npz files, or give the images as a wds: pool with --image-encoder")
     if cfg.trusted:
         trusted = load_pairs(cfg.trusted)
     embed = None
-    needs_encoders = not (getattr(source, "embeddings", None) and not getattr(source, "shards_without_embeddings", []))
-    if needs_encoders or cfg.image_encoder:
+    if hasattr(source, "embeddings"):  # a DataComp pool: it ships its embeddings
+        given = [f for f, v in (("--image-encoder", cfg.image_encoder), ("--text-encoder", cfg.text_encoder)) if v]
+        if given:
+            raise ValueError(f"{cfg.data} ships its own embeddings; {', '.join(given)} applies only to pools of "
+                             "images (wds:, hf:)")
+    else:
         from keepset.encoders import default_cache_dir
         from keepset.encoders.pairs import PairEmbedder, load_pair_encoders
 
         image, text = load_pair_encoders(cfg.image_encoder, cfg.text_encoder, progress=cfg.options.progress)
-        cache = cfg.cache_dir if cfg.cache_dir else default_cache_dir()
-        embed = PairEmbedder(image, text, cache)
-    elif cfg.text_encoder:
-        raise ValueError(f"{cfg.data} ships its own embeddings; --text-encoder applies only to pools of images "
-                         "(with --image-encoder)")
+        embed = PairEmbedder(image, text, cfg.cache_dir if cfg.cache_dir else default_cache_dir())
     return source, trusted, reference, extra, truth, embed
 
 
