@@ -240,7 +240,8 @@ def test_python_api_with_a_separate_trusted_pool(pool, tmp_path):
     (tmp_path / "rest").mkdir()
     for f in (d / "pool" / "datacomp").iterdir():
         shutil.copy(f, tmp_path / ("trusted" if f.stem == "00000000" else "rest") / f.name)
-    result = keepset.filter_pairs(load_pairs(f"datacomp:{tmp_path / 'rest'}"), load_pairs(f"datacomp:{tmp_path / 'trusted'}"),
+    result = keepset.filter_pairs(load_pairs(f"datacomp:{tmp_path / 'rest'}"),
+                                  load_pairs(f"datacomp:{tmp_path / 'trusted'}"),
                                   options=keepset.PairFilterOptions(batch_size=64, dim=32, epochs=2, sas=False,
                                                                     progress=False), log=lambda *a: None)
     assert len(result.ids) == 350 and len(result.trusted_ids) == 150 and len(result.holdout_ids) == 30

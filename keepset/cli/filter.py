@@ -26,7 +26,8 @@ from keepset.data.pairs.spec import PAIRS_SPEC_HELP
 PAIR_KINDS = ("datacomp", "wds", "hf")
 #: flags (argparse dest -> spelling) that only one kind of data reads
 LABELLED_ONLY = {"setting": "--setting", "backbone": "--backbone"}
-PAIRS_ONLY = {"dim": "--dim", "text_hidden": "--text-hidden", "shuffle_buffer": "--shuffle-buffer", "no_sas": "--no-sas",
+PAIRS_ONLY = {"dim": "--dim", "text_hidden": "--text-hidden", "shuffle_buffer": "--shuffle-buffer",
+              "no_sas": "--no-sas",
               "truth": "--truth", "image_encoder": "--image-encoder", "text_encoder": "--text-encoder",
               "cache_dir": "--cache-dir"}
 
@@ -46,7 +47,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("filter", help="Grad-Mimic on your own labelled data: scores by id, a keep list, "
                                              "a quality estimate", description=__doc__, epilog=EXAMPLES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help=f"the data to filter. {SPEC_HELP}; image-text pairs: {PAIRS_SPEC_HELP}")
+    p.add_argument("--data", required=True,
+                   help=f"the data to filter. {SPEC_HELP}; image-text pairs: {PAIRS_SPEC_HELP}")
     src = p.add_argument_group("the reference (one of --trusted / --trusted-ids, and / or --reference)")
     src.add_argument("--trusted", default=None, help="a separate data set with clean labels (same classes), or a "
                                                      "separate pool of clean pairs")

@@ -211,8 +211,8 @@ def init_of_reference(reference: nn.Module, extra: dict, path: str = "the refere
 def _check_probe_fits(probe: nn.Module, d_img: int, d_txt: int, what: str) -> None:
     cfg = probe.config
     if (cfg["d_img"], cfg["d_txt"]) != (d_img, d_txt):
-        raise ValueError(f"{what} takes image / text embeddings of sizes {cfg['d_img']} / {cfg['d_txt']} but the pool's "
-                         f"are {d_img} / {d_txt}")
+        raise ValueError(f"{what} takes image / text embeddings of sizes {cfg['d_img']} / {cfg['d_txt']} but the "
+                         f"pool's are {d_img} / {d_txt}")
 
 
 def read_pair_truth(path: str | Path) -> dict:
@@ -778,8 +778,9 @@ def format_pair_summary(s: dict) -> str:
     if s.get("detection"):
         d = s["detection"]
         a = d["auroc"]
-        rows.append(("detection", f"Stage 2 precision {d['stage2']['precision']:.3f} recall {d['stage2']['recall']:.3f} "
-                                  f"F1 {d['stage2']['f1']:.3f}; AUROC mimic {a['mimic_mean']:.3f}, clip score "
+        st = d["stage2"]
+        rows.append(("detection", f"Stage 2 precision {st['precision']:.3f} recall {st['recall']:.3f} "
+                                  f"F1 {st['f1']:.3f}; AUROC mimic {a['mimic_mean']:.3f}, clip score "
                                   f"{a['clip_score']:.3f}" + (f", sas {a['sas']:.3f}" if "sas" in a else "")
                                   + " (against --truth)"))
     rows.append(("time", f"{s['seconds']} s"))
