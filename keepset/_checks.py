@@ -138,6 +138,16 @@ def one_line(text, limit: int = 200) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
+def check_installed(module: str, what: str, extra: str) -> None:
+    """ImportError naming the keepset extra that installs ``module`` when it is not installed (checked without
+    importing it, so before any work and at no cost)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{what} needs the {module.replace('_', '-')} package, which is not installed: "
+                          f'pip install "keepset[{extra}]" (or make install-extras)')
+
+
 def check_not_empty(n: int, what: str, fix: str = "check the path and the files it holds") -> None:
     """Raise ``ValueError("<what> holds no samples; <fix>")`` when ``n == 0``."""
     if int(n) == 0:

@@ -11,7 +11,7 @@ from keepset.evaluation.store import ResultStore, cell_key
 pytest.importorskip("matplotlib")
 
 
-def test_detection_tiny_run_and_resume(tmp_path, monkeypatch):
+def test_detection_tiny_run_and_resume(tmp_path, monkeypatch, capsys):
     out = tmp_path / "det"
     argv = ["--seeds", "1", "--kinds", "symmetric", "--rates", "0.4", "--ref-epochs", "15", "--head-epochs", "4",
             "--methods", "stage2", "mimic", "reference", "loss", "aum", "cleanlab", "--folds", "3",
@@ -36,9 +36,11 @@ def test_detection_tiny_run_and_resume(tmp_path, monkeypatch):
 
     monkeypatch.setattr("keepset.evaluation.proxy.proxy_run", boom)
     assert detection.main(argv) == 0
-    # another configuration refuses to mix results unless --restart
-    with pytest.raises(ValueError, match="another configuration"):
-        detection.main(argv + ["--early-epochs", "1"])
+    # another configuration refuses to mix results unless --restart (one line, exit 2: the CLI's error path)
+    capsys.readouterr()
+    assert detection.main(argv + ["--early-epochs", "1"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("keepset bench detection: error:") and "another configuration" in line
 
 
 def test_pruning_tiny_run(tmp_path):

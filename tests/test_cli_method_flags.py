@@ -49,7 +49,10 @@ def test_select_refuses_a_flag_the_method_ignores(table, tmp_path, capsys, argv,
 
 def test_select_accepts_the_method_own_flags_and_defaults_of_others(table, tmp_path):
     out = tmp_path / "keep.npy"
-    # --lowest is read by balanced; --seed is common to every selector
+    # --lowest is read by balanced; --seed left at its default is not an error
     assert main(["select", "--scores", str(table), "--out", str(out), "--method", "balanced", "--column", "el2n",
-                 "--ratio", "0.5", "--lowest", "--seed", "3"]) == 0
+                 "--ratio", "0.5", "--lowest", "--seed", "0"]) == 0
     assert out.exists()
+    # --seed is read by the randomised selectors
+    assert main(["select", "--scores", str(table), "--out", str(tmp_path / "r.npy"), "--method", "random",
+                 "--ratio", "0.5", "--seed", "3"]) == 0

@@ -129,7 +129,7 @@ def test_given_reference_reproduces_the_run(pool, tmp_path):
     np.save(tmp_path / "trusted_dc.npy", uids_to_datacomp(trusted))   # trusted uids in DataComp's format
     assert main(["filter", "--data", f"datacomp:{d / 'pool' / 'datacomp'}", "--reference",
                  str(out / "reference.safetensors"), "--trusted-ids", str(tmp_path / "trusted_dc.npy"),
-                 "--out", str(out2), "--no-sas", *FLAGS]) == 0
+                 "--out", str(out2), "--no-sas", "--batch-size", "64", "--quiet"]) == 0
     a = pq.read_table(out / "scores.parquet").to_pandas().set_index("id")
     b = pq.read_table(out2 / "scores.parquet").to_pandas().set_index("id").loc[a.index]
     assert np.array_equal(a.keep, b.keep) and np.allclose(a.mimic_mean, b.mimic_mean)
@@ -179,7 +179,9 @@ def test_bad_inputs_are_refused_before_any_work(pool, tmp_path, capsys):
          "50 ids only in the pool"),
         (["--trusted-ids", str(d / "trusted.npy"), "--truth", str(tmp_path / "none.parquet")], "truth file not found"),
         (["--reference", str(tmp_path / "mlp.safetensors")], "needs a TwoTowerProbe"),
-        (["--trusted-ids", str(d / "trusted.npy"), "--batch-size", "1"], "batch_size must be >= 2"),
+        (["--reference", str(out / "reference.safetensors"), "--dim", "16"], "drop --dim"),
+        (["--reference", str(out / "reference.safetensors"), "--holdout", "0.5"], "drop --holdout"),
+        (["--trusted-ids", str(d / "trusted.npy"), "--batch-size", "1"], "--batch-size must be >= 2"),
         (["--trusted-ids", str(d / "trusted.npy"), "--text-hidden", "a,b"], "--text-hidden takes"),
         (["--trusted-ids", str(d / "trusted.npy"), "--text-encoder", "minilm"], "applies only to pools of images"),
         (["--trusted-ids", str(d / "trusted.npy"), "--image-encoder", "clip:nowhere"], "ships its own embeddings"),
@@ -387,7 +389,7 @@ def test_quality_above_clean_quantile_by_hand():
 
 @needs_minilm
 @pytest.mark.slow
-def test_image_text_bench_tiny_run_writes_json_and_resumes(tmp_path, monkeypatch):
+def test_image_text_bench_tiny_run_writes_json_and_resumes(tmp_path, monkeypatch, capsys):
     from keepset.bench import image_text
     from keepset.data.sources import FASHION_MNIST_DIR
 
@@ -420,5 +422,7 @@ def test_image_text_bench_tiny_run_writes_json_and_resumes(tmp_path, monkeypatch
     monkeypatch.setattr(image_text, "build_pool", boom)
     assert image_text.main(argv) == 0
     assert json.loads((out / "results.json").read_text()) == doc
-    with pytest.raises(ValueError, match="another configuration"):
-        image_text.main([*argv[:-3], "--dim", "8", "--out", str(out), "--no-progress"])
+    capsys.readouterr()
+    assert image_text.main([*argv[:-3], "--dim", "8", "--out", str(out), "--no-progress"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("keepset bench image-text: error:") and "another configuration" in line

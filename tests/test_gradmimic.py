@@ -292,3 +292,75 @@ def test_a_model_calling_a_scored_layer_twice_falls_back_exactly():
     torch.testing.assert_close(gm.last_scores, scores, rtol=1e-5, atol=1e-6)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("layers", [None, "all", "features.1"])
+@pytest.mark.parametrize("reweight", [True, False])
+def test_from_the_second_batch_the_scored_parameters_skip_their_mean_gradient_and_stay_exact(kind, layers, reweight):
+    """After one batch the fused step knows the call structure and the scored parameters enter the forward
+    detached (their mean gradient is never computed); every later batch must still match the loop."""
+    model, reference, x, y = _models(kind)
+    if kind == "cnn" and layers == "features.1":
+        layers = "features.3"
+    gm = GradMimic(reference, layers=layers, temperature=0.5, reweight=reweight)
+    gm.loss(model, x[:4], y[:4], np.arange(4)).backward()  # batch 1: learns the call structure
+    assert gm._swap_ok
+    model.zero_grad()
+    with pytest.MonkeyPatch.context() as mp:
+        calls = []
+        orig = GradMimic._layer_grads
+        mp.setattr(GradMimic, "_layer_grads", lambda self, p, *a: calls.append(p.swap) or orig(self, p, *a))
+        gm.loss(model, x, y, np.arange(9)).backward()
+    assert calls == [True]
+    assert all(isinstance(p, torch.nn.Parameter) for p in model.parameters())  # every parameter is back
+    scores, w, grads = naive_step(copy.deepcopy(model), reference, x, y, gm.names, tau=0.5)
+    if not reweight:  # the mean gradient
+        m2 = copy.deepcopy(model)
+        mean = torch.autograd.grad(F.cross_entropy(m2(x), y), list(m2.parameters()))
+        grads = dict(zip([n for n, _ in m2.named_parameters()], mean))
+    torch.testing.assert_close(gm.last_scores, scores, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_second_batch_with_gradient_scaler_and_accumulation():
+    model, reference, x, y = _models("cnn")
+    gm = GradMimic(reference, layers="all", temperature=0.5)
+    gm.loss(model, x[:3], y[:3], np.arange(3)).backward()
+    model.zero_grad()
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    for part in (slice(0, 5), slice(5, 9)):
+        scaler.scale(gm.loss(model, x[part], y[part], np.arange(9)[part]) / 2).backward()
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for part in (slice(0, 5), slice(5, 9)):
+        _, _, g = naive_step(copy.deepcopy(model), reference, x[part], y[part], gm.names, tau=0.5)
+        for n in expected:
+            expected[n] += g[n] / 2
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad / 256.0, expected[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_a_call_structure_change_after_the_first_batch_is_refused_not_silently_wrong():
+    class Sometimes(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = torch.nn.Linear(6, 6)
+            self.head = torch.nn.Linear(6, 3)
+            self.twice = False
+
+        def forward(self, x):
+            h = torch.tanh(self.inner(x))
+            if self.twice:
+                h = torch.tanh(self.inner(h))
+            return self.head(h)
+
+    torch.manual_seed(1)
+    model, reference = Sometimes(), Sometimes()
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    gm = GradMimic(reference, layers="all")
+    gm.loss(model, x, y, np.arange(8)).backward()
+    model.twice = True
+    with pytest.raises(ValueError, match="fused=False"):
+        gm.loss(model, x, y, np.arange(8))
+    assert all(isinstance(p, torch.nn.Parameter) for p in model.parameters())

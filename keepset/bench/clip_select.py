@@ -16,17 +16,19 @@ import sys
 import time
 
 import numpy as np
+from keepset._argtypes import int_at_least, positive_int, ratio, seed
 from keepset.bench._script import script_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=50_000, help="number of samples (50000)")
-    parser.add_argument("--ratio", type=float, default=0.5, help="fraction to keep (0.5)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path, interleaved (3)")
-    parser.add_argument("--scores", default=None, help="score table with sas and sds columns instead of synthetic")
-    parser.add_argument("--max-steps", type=int, default=100_000, help="optimiser step limit (100000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--n", type=int_at_least(2), default=50_000, help="number of samples (synthetic scores)")
+    parser.add_argument("--ratio", type=ratio, default=0.5, help="fraction to keep, in (0, 1]")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs of each path, interleaved")
+    parser.add_argument("--scores", default=None,
+                        help="score table with sas and sds columns instead of synthetic scores (default: synthetic)")
+    parser.add_argument("--max-steps", type=positive_int, default=100_000, help="optimiser step limit")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the synthetic scores")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
 
 
 def synthetic_scores(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -43,12 +45,18 @@ def run(args) -> int:
     from keepset.scoring.semantic import minmax
     from keepset.selection.clip_select import clip_select
 
+    if args.scores and (args.n != 50_000 or args.seed != 0):
+        raise ValueError("--n and --seed shape the synthetic scores, which --scores replaces: drop them")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.scores:
         from keepset.io import read_score_table
 
         table = read_score_table(args.scores)
+        missing = [c for c in ("sas", "sds") if c not in table]
+        if missing:
+            raise ValueError(f"{args.scores} has no column {missing}; score it with keepset score --method "
+                             "clip-powered (sas and sds)")
         sas, sds = minmax(table["sas"]), minmax(table["sds"])
     else:
         sas, sds = synthetic_scores(args.n, args.seed)

@@ -25,22 +25,23 @@ import statistics
 import sys
 import time
 
-import torch
+from keepset._argtypes import positive_int, seed
 from keepset.bench._script import script_main
 
 LAYER_CHOICES = ("image_proj.weight", "text_mlp.0.weight", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch", type=int, default=256, help="pairs per batch B (256)")
-    parser.add_argument("--d-img", type=int, default=512, help="size of the frozen image embeddings (512)")
-    parser.add_argument("--d-txt", type=int, default=512, help="size of the frozen text embeddings (512)")
-    parser.add_argument("--dim", type=int, default=256, help="size of the shared space (256)")
-    parser.add_argument("--text-hidden", type=int, default=512, help="width of the text MLP's layer (512)")
-    parser.add_argument("--layers", nargs="+", default=list(LAYER_CHOICES), choices=LAYER_CHOICES)
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (3); one untimed warm-up first")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=positive_int, default=256, help="pairs per batch B")
+    parser.add_argument("--d-img", type=positive_int, default=512, help="size of the frozen image embeddings")
+    parser.add_argument("--d-txt", type=positive_int, default=512, help="size of the frozen text embeddings")
+    parser.add_argument("--dim", type=positive_int, default=256, help="size of the shared space")
+    parser.add_argument("--text-hidden", type=positive_int, default=512, help="width of the text MLP's layer")
+    parser.add_argument("--layers", nargs="+", default=list(LAYER_CHOICES), choices=LAYER_CHOICES,
+                        help="scored parameters, each measured separately")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats; one untimed warm-up first")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the random towers and embeddings")
     parser.add_argument("--f64-check", action="store_true",
                         help="also run the per-pair loop once in float64 and report each float32 variant's error "
                              "against it (the float32 loop is itself off by about 2e-5 on deeper layers' norms)")
@@ -48,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _loop_terms(model, x, names, v):
     """Numerators and norms by autograd, one pair at a time with the batch present."""
+    import torch
+
     from keepset.losses import clip_loss
 
     params = dict(model.named_parameters())
@@ -74,14 +77,13 @@ def _err(result, want_dots, want_norms) -> float:
 
 
 def run(args) -> int:
+    import torch
+
     from keepset.losses import clip_loss
     from keepset.models import TwoTowerProbe
     from keepset.models.mimic import resolve_layers
     from keepset.models.sample_gradients import alignment_terms
 
-    for name in ("batch", "d_img", "d_txt", "dim", "text_hidden", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)

@@ -36,7 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from keepset._argtypes import fraction_open, int_at_least, positive_float, positive_int
 from keepset.bench._script import script_main
+from keepset.cli._common import add_quiet
 
 METHODS = ("stage2", "mimic", "stage2_sgd", "mimic_sgd", "reference", "loss", "el2n", "grand", "aum", "forgetting",
            "margin", "cleanlab")
@@ -46,24 +48,46 @@ METRICS = ("precision", "recall", "f1", "auroc", "quality_est", "quality_err")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", help="data spec (digits, fashion-mnist, ...)")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="reference network")
-    p.add_argument("--seeds", type=int, default=3,
+    p.add_argument("--seeds", type=positive_int, default=3,
                    help="number of seeds (0, 1, ...); rerunning with more seeds adds them to finished results")
-    p.add_argument("--kinds", nargs="+", default=["symmetric", "asymmetric"], choices=("symmetric", "asymmetric"))
-    p.add_argument("--rates", nargs="+", type=float, default=[0.2, 0.4, 0.6])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--ref-epochs", type=int, default=30, help="epochs of the reference on the trusted split")
-    p.add_argument("--head-epochs", type=int, default=10, help="epochs of the recorded linear head")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate of the reference")
-    p.add_argument("--head-lr", type=float, default=None,
-                   help="SGD learning rate of the linear head (default 10 / mean ||h||^2 of the train features)")
-    p.add_argument("--early-epochs", type=int, default=2, help="EL2N / GraNd: mean over the first epochs")
-    p.add_argument("--folds", type=int, default=5, help="cleanlab: folds of the out-of-sample probabilities")
-    p.add_argument("--out", default=None, help="output folder (default out/bench/detection-DATA-MODEL)")
+    p.add_argument("--kinds", nargs="+", default=["symmetric", "asymmetric"], choices=("symmetric", "asymmetric"),
+                   help="label-noise kinds")
+    p.add_argument("--rates", nargs="+", type=fraction_open, default=[0.2, 0.4, 0.6],
+                   help="label-noise rates, each in [0, 1)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                   help=f"detection methods, among: {', '.join(METHODS)} (default: all)")
+    p.add_argument("--ref-epochs", type=positive_int, default=30, help="epochs of the reference on the trusted split")
+    p.add_argument("--head-epochs", type=positive_int, default=10, help="epochs of the recorded linear head")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="batch size of every training run")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate of the reference")
+    p.add_argument("--head-lr", type=positive_float, default=None,
+                   help="SGD learning rate of the linear head (default: 10 / mean ||h||^2 of the train features)")
+    p.add_argument("--early-epochs", type=positive_int, default=2, help="EL2N / GraNd: mean over the first epochs")
+    p.add_argument("--folds", type=int_at_least(2), default=5,
+                   help="cleanlab: folds of the out-of-sample probabilities")
+    p.add_argument("--out", default=None, help="output folder, resumed when it holds results of the same "
+                                               "configuration (default: out/bench/detection-DATA-MODEL)")
     p.add_argument("--restart", action="store_true", help="discard results of another configuration")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default="cpu", help="where the networks train: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG plots")
+    add_quiet(p, "no progress bar")
+    p.add_argument("--device", default="cpu", help="where the networks train: cpu, cuda, cuda:N or mps")
+
+
+def output_folder(args) -> Path:
+    """The benchmark's folder (resumable: an existing one is reused), checked before any work."""
+    from keepset._checks import check_installed
+    from keepset.cli._common import check_device
+    from keepset.io import check_output_dir
+
+    check_device(args.device)
+    if not args.no_plots:
+        check_installed("matplotlib", "the benchmark's plots (or pass --no-plots)", "plots")
+    if "cleanlab" in args.methods:
+        check_installed("cleanlab", "the cleanlab peer (or leave it out of --methods)", "peers")
+    if args.early_epochs > args.head_epochs:
+        raise ValueError(f"--early-epochs {args.early_epochs} exceeds --head-epochs {args.head_epochs}")
+    out = Path(args.out or f"out/bench/detection-{args.data.replace(':', '_').replace('/', '_')}-{args.model}")
+    return check_output_dir(out, overwrite=True)
 
 
 def _config(args) -> dict:
@@ -137,7 +161,7 @@ def run(args) -> int:
     from keepset.evaluation.proxy import make_split, noisy_labels, proxy_run, train_reference
     from keepset.evaluation.store import ResultStore, cell_key
 
-    out = Path(args.out or f"out/bench/detection-{args.data.replace(':', '_').replace('/', '_')}-{args.model}")
+    out = output_folder(args)
     samples = load_spec(args.data)
     store = ResultStore(out / "results.json", _config(args), restart=args.restart)
     cells = [(s, k, r) for s in range(args.seeds) for k in args.kinds for r in args.rates]
@@ -146,7 +170,7 @@ def run(args) -> int:
           f"{len(cells) - len(todo)} already done -> {out}", file=sys.stderr)
     refs: dict = {}
     bar = progress_bar(total=len(cells), initial=len(cells) - len(todo), desc="detection cells",
-                       enabled=not args.no_progress)
+                       enabled=not args.quiet)
     for seed, kind, rate in todo:
         split = make_split(samples.labels, seed)
         if seed not in refs:

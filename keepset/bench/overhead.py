@@ -26,13 +26,11 @@ import argparse
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 
-import torch
-
+from keepset._argtypes import int_at_least, positive_int
 from keepset.bench._script import script_main
-from keepset.training.online import OnlineMethod
+from keepset.cli._common import add_quiet
 
 VARIANTS = ("plain", "last_layer", "all_proj", "all_cos", "vmap_reference", "vmap_vectorised")
 LABELS = {
@@ -48,88 +46,18 @@ LABELS = {
 REFERENCES = {"vmap_reference": "the published step", "vmap_vectorised": "vectorised vmap(grad)"}
 
 
-class _StepTimer:
-    """Observer recording the wall time between consecutive step ends (the first from its creation); on a GPU
-    it waits for the device's queued work before reading the clock."""
+def __getattr__(name: str):
+    # the timed classes import torch: loaded on first use, so that `keepset --help` stays fast
+    if name in ("VmapReference", "_StepTimer"):
+        from keepset.bench import _vmap_reference
 
-    def __init__(self, device="cpu"):
-        self.sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-        self.times: list[float] = []
-        self._last = time.perf_counter()
-
-    def on_batch(self, batch, model, head_inputs):
-        self.sync()
-        now = time.perf_counter()
-        self.times.append(now - self._last)
-        self._last = now
+        return getattr(_vmap_reference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class VmapReference(OnlineMethod):
-    """The published Grad-Mimic training step (github.com/zihengh1/Grad-Mimic, ``gradmimic/training.py`` and the
-    ``grad-mimic`` branch of ``run.py``), scoring every trainable parameter, with the published default
-    ``normed_proj`` weights. One step:
-
-    1. per-sample gradients of every trainable parameter: ``vmap`` over the samples of ``grad`` of the
-       one-sample loss (``functional_call`` on ``x_i.unsqueeze(0)``, mean cross-entropy), as
-       ``get_per_sample_gradients`` (which differentiates every trainable parameter whatever the scored layer);
-    2. the task vector from the two state dicts, reference minus current (``compute_task_vector``);
-    3. the negated per-sample gradients: the published code negates the scored parameter's [B, ...] tensor;
-       with every parameter scored that tensor is the flattened per-sample gradients concatenated, [B, P];
-    4. each sample's score in a Python loop over samples: flattened gradient . unit task vector
-       (``compute_similarity``), then the weights ``softmax(score / tau)``;
-    5. every parameter's gradient as ``sum(w * g, dim=0)`` with ``w`` broadcast over the per-sample
-       gradients (``gradient_calibration``).
-
-    ``vectorised=True`` keeps step 1 and replaces steps 2-5 by what is cheapest once per-sample gradients
-    are materialised: no concatenated copy, all scores from one product per parameter, and every gradient
-    from one ``tensordot``. It shows how much of the reference's cost is ``vmap(grad)`` itself.
-    """
-
-    def __init__(self, reference: torch.nn.Module, temperature: float = 1.0, vectorised: bool = False):
-        super().__init__()
-        self.reference, self.temperature, self.vectorised = reference, temperature, vectorised
-
-    def loss(self, model, x, y=None, ids=None, *, epoch=None):
-        from torch.func import functional_call, grad, vmap
-
-        from keepset.training.gradmimic import _AddGrads
-
-        ids, y, logits, losses = self._forward(model, x, y, ids, epoch)
-        self._remember(ids, y, logits, losses, x)
-        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        buffers = {n: b.detach() for n, b in model.named_buffers()}
-
-        def one_sample_loss(xi, yi, p):
-            return torch.nn.functional.cross_entropy(functional_call(model, (p, buffers), (xi.unsqueeze(0),)),
-                                                     yi.unsqueeze(0))
-
-        grads = vmap(grad(one_sample_loss, argnums=2), in_dims=(0, 0, None))(x, y, params)
-        names = list(params)
-        b = len(y)
-        if self.vectorised:
-            ref = dict(self.reference.named_parameters())
-            v = {n: ref[n].detach() - params[n] for n in names}
-            v_norm = torch.sqrt(sum((t * t).sum() for t in v.values()))
-            scores = -sum(grads[n].reshape(b, -1) @ v[n].reshape(-1) for n in names) / v_norm
-            w = torch.softmax(scores / self.temperature, 0)
-            step_grads = {n: torch.tensordot(w, grads[n], 1) for n in names}
-        else:
-            current, target = model.state_dict(), self.reference.state_dict()
-            task_vector = torch.cat([(target[n] - current[n]).flatten() for n in names])
-            neg_grads = -torch.cat([grads[n].flatten(1) for n in names], 1)
-            unit = torch.nn.functional.normalize(task_vector, p=2, dim=0)
-            scores = torch.empty(b, device=neg_grads.device)
-            for i, g in enumerate(neg_grads):  # the published code's loop over samples
-                scores[i] = torch.dot(g.flatten(), unit)
-            w = torch.softmax(scores / self.temperature, 0)
-            step_grads = {n: torch.sum(w.reshape((b,) + (1,) * (grads[n].dim() - 1)) * grads[n], dim=0)
-                          for n in names}
-        # the step's gradients are the ones just computed: the returned zero only carries them to the parameters
-        live = dict(model.named_parameters())
-        return _AddGrads.apply([step_grads[n] for n in names], *[live[n] for n in names])
-
-
-def _method(variant: str, reference: torch.nn.Module) -> OnlineMethod | None:
+def _method(variant: str, reference):
+    """The online method of a variant (None: the plain mean loss)."""
+    from keepset.bench._vmap_reference import VmapReference
     from keepset.training import GradMimic
 
     if variant == "plain":
@@ -154,6 +82,9 @@ def measure(batch_size: int = 256, repeats: int = 5, steps: int = 4, image_size:
     Each repeat runs every variant once (rotating the order), each run ``steps`` steps of which the
     first is warm-up and left out.
     """
+    import torch
+
+    from keepset.bench._vmap_reference import _StepTimer
     from keepset.models import SmallCNN
     from keepset.training import fit
 
@@ -183,6 +114,8 @@ def measure(batch_size: int = 256, repeats: int = 5, steps: int = 4, image_size:
 
 
 def _median(values) -> float:
+    import torch
+
     return float(torch.tensor(values, dtype=torch.float64).median())
 
 
@@ -222,25 +155,29 @@ def format_table(summary: dict[str, float], batch_size: int, threads: int) -> st
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=256, help="samples per step (default 256)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats of every variant (default 5)")
-    parser.add_argument("--steps", type=int, default=4, help="steps per run, the first one is warm-up (default 4)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="samples per step")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="interleaved repeats of every variant")
+    parser.add_argument("--steps", type=int_at_least(2), default=4, help="steps per run, the first one is warm-up")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--skip-reference", action="store_true",
                         help="leave out the two slow vmap(grad) variants")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write the figures as JSON (default: not written)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--device", default="cpu", help="where the steps run: cpu (default), cuda, cuda:N or mps")
+    add_quiet(parser, "no progress bar")
+    parser.add_argument("--device", default="cpu", help="where the steps run: cpu, cuda, cuda:N or mps")
 
 
 def run(args: argparse.Namespace) -> int:
-    from keepset.io import write_text_atomic
+    import torch
 
-    if args.json is not None and args.json.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.json} exists; pass --overwrite to replace it")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    from keepset.cli._common import check_device
+    from keepset.io import check_output_file, write_text_atomic
+
+    if args.json is not None:
+        check_output_file(args.json, args.overwrite)
+    check_device(args.device)
     previous = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -266,11 +203,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return script_main(sys.modules[__name__], argv)
-    except (ValueError, FileExistsError) as exc:
-        print(f"keepset bench overhead: error: {exc}", file=sys.stderr)
-        return 2
+    return script_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from keepset._argtypes import fraction_open, int_at_least, positive_float, positive_int, ratio
 from keepset.bench._script import script_main
+from keepset.cli._common import add_quiet
 
 METHODS = ("random", "mimic", "mimic_balanced", "stage2", "stage2_sgd", "reference", "el2n", "forgetting", "aum", "ccs",
            "moderate", "kcenter")
@@ -47,29 +49,48 @@ OWN_RATIO = ("stage2", "stage2_sgd")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits", help="data spec (digits, fashion-mnist, ...)")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="network trained on each subset")
-    p.add_argument("--seeds", type=int, default=3,
+    p.add_argument("--seeds", type=positive_int, default=3,
                    help="number of seeds (0, 1, ...); rerunning with more seeds adds them to finished results")
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.3, 0.5, 0.7, 0.9])
-    p.add_argument("--noise", nargs="+", type=float, default=[0.0, 0.4], help="symmetric label-noise rates")
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--epochs", type=int, default=None,
-                   help="budget of every run, in epochs over the full train split (same step count for all); "
-                        "default 20 on digits, 10 otherwise")
-    p.add_argument("--ref-epochs", type=int, default=30, help="epochs of the reference on the trusted split")
-    p.add_argument("--head-epochs", type=int, default=10, help="epochs of the recorded proxy linear head")
-    p.add_argument("--batch-size", type=int, default=None, help="default 64 on digits, 128 otherwise")
-    p.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (momentum 0.9)")
-    p.add_argument("--head-lr", type=float, default=None,
-                   help="SGD learning rate of the linear head (default 10 / mean ||h||^2 of the train features)")
-    p.add_argument("--early-epochs", type=int, default=2, help="EL2N: mean over the first proxy epochs")
-    p.add_argument("--max-samples", type=int, default=None,
-                   help="use a stratified subset of this many samples (seed 0) before splitting; default all")
-    p.add_argument("--ccs-cutoff", type=float, default=0.1, help="CCS: fraction of hardest samples dropped")
-    p.add_argument("--out", default=None, help="output folder (default out/bench/pruning-DATA-MODEL)")
+    p.add_argument("--ratios", nargs="+", type=ratio, default=[0.1, 0.3, 0.5, 0.7, 0.9],
+                   help="fractions of the train split kept, each in (0, 1]")
+    p.add_argument("--noise", nargs="+", type=fraction_open, default=[0.0, 0.4],
+                   help="symmetric label-noise rates, each in [0, 1)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
+                   help=f"selection methods, among: {', '.join(METHODS)} (default: all)")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="budget of every run, in epochs over the full train split (same step count for all) "
+                        "(default: 20 on digits, 10 otherwise)")
+    p.add_argument("--ref-epochs", type=positive_int, default=30, help="epochs of the reference on the trusted split")
+    p.add_argument("--head-epochs", type=positive_int, default=10, help="epochs of the recorded proxy linear head")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="(default: 64 on digits, 128 otherwise)")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="SGD learning rate (momentum 0.9)")
+    p.add_argument("--head-lr", type=positive_float, default=None,
+                   help="SGD learning rate of the linear head (default: 10 / mean ||h||^2 of the train features)")
+    p.add_argument("--early-epochs", type=positive_int, default=2, help="EL2N: mean over the first proxy epochs")
+    p.add_argument("--max-samples", type=int_at_least(2), default=None,
+                   help="use a stratified subset of this many samples (seed 0) before splitting (default: all)")
+    p.add_argument("--ccs-cutoff", type=fraction_open, default=0.1, help="CCS: fraction of hardest samples dropped")
+    p.add_argument("--out", default=None, help="output folder, resumed when it holds results of the same "
+                                               "configuration (default: out/bench/pruning-DATA-MODEL)")
     p.add_argument("--restart", action="store_true", help="discard results of another configuration")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default="cpu", help="where the networks train: cpu (default), cuda, cuda:N or mps")
+    p.add_argument("--no-plots", action="store_true", help="write the tables only, no PNG plots")
+    add_quiet(p, "no progress bar")
+    p.add_argument("--device", default="cpu", help="where the networks train: cpu, cuda, cuda:N or mps")
+
+
+def output_folder(args) -> Path:
+    """The benchmark's folder (resumable: an existing one is reused), checked before any work."""
+    from keepset._checks import check_installed
+    from keepset.cli._common import check_device
+    from keepset.io import check_output_dir
+
+    check_device(args.device)
+    if not args.no_plots:
+        check_installed("matplotlib", "the benchmark's plots (or pass --no-plots)", "plots")
+    if args.early_epochs > args.head_epochs:
+        raise ValueError(f"--early-epochs {args.early_epochs} exceeds --head-epochs {args.head_epochs}")
+    out = Path(args.out or f"out/bench/pruning-{args.data.replace(':', '_').replace('/', '_')}-{args.model}")
+    return check_output_dir(out, overwrite=True)
 
 
 def _resolve_defaults(args) -> None:
@@ -173,7 +194,7 @@ def run(args) -> int:
     from keepset.selection.topk import n_to_keep
 
     _resolve_defaults(args)
-    out = Path(args.out or f"out/bench/pruning-{args.data.replace(':', '_').replace('/', '_')}-{args.model}")
+    out = output_folder(args)
     samples = subsample(load_spec(args.data), args.max_samples)
     store = ResultStore(out / "results.json", _config(args), restart=args.restart)
     cells = []
@@ -190,7 +211,7 @@ def run(args) -> int:
     print(f"pruning on {args.data} ({len(samples)} samples, {args.model}, budget {args.epochs} full-data epochs): "
           f"{len(cells)} runs, {len(cells) - len(todo)} already done -> {out}", file=sys.stderr)
     bar = progress_bar(total=len(cells), initial=len(cells) - len(todo), desc="pruning runs",
-                       enabled=not args.no_progress)
+                       enabled=not args.quiet)
     ctx_seed: dict = {}
     ctx_noise: dict = {}
     for cell in todo:

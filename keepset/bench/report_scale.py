@@ -18,16 +18,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+from keepset._argtypes import nonnegative_int, positive_int, seed
 from keepset.bench._script import script_main
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=100_000, help="samples in the run (100000)")
-    parser.add_argument("--flagged", type=float, default=0.4, help="fraction flagged (0.4)")
-    parser.add_argument("--out", default="out/bench/report-scale", help="working folder")
-    parser.add_argument("--max-gallery", type=int, default=None, help="gallery rows (default: the report's)")
-    parser.add_argument("--max-thumbnails", type=int, default=None, help="thumbnails (default: the report's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=positive_int, default=100_000, help="samples in the run")
+    parser.add_argument("--flagged", type=float, default=0.4, help="fraction flagged, in (0, 1)")
+    parser.add_argument("--out", default="out/bench/report-scale",
+                        help="working folder (replaced on each run; refused if it holds other files)")
+    parser.add_argument("--max-gallery", type=nonnegative_int, default=None,
+                        help="gallery rows (default: the report's)")
+    parser.add_argument("--max-thumbnails", type=nonnegative_int, default=None,
+                        help="thumbnails (default: the report's)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the synthetic run")
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -80,9 +84,11 @@ def make_run(out: Path, n: int, flagged: float, seed: int) -> Path:
 def run(args) -> int:
     from keepset.report.build import MAX_GALLERY, MAX_THUMBNAILS, write_report
 
-    if args.n < 1 or not 0 < args.flagged < 1:
-        raise ValueError("--n must be positive and --flagged in (0, 1)")
-    out = Path(args.out)
+    from keepset.bench._script import working_folder
+
+    if not 0 < args.flagged < 1:
+        raise ValueError(f"--flagged must be in (0, 1), got {args.flagged}")
+    out = working_folder(args.out, owned=("data", "run"))
     t0 = time.perf_counter()
     run_dir = make_run(out, args.n, args.flagged, args.seed)
     print(f"synthetic run folder of {args.n:,} samples written in {time.perf_counter() - t0:.1f} s: {run_dir}",

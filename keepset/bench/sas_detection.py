@@ -17,22 +17,27 @@ import sys
 import time
 
 import numpy as np
+from keepset._argtypes import fraction_open, int_at_least, positive_float, positive_int, seed
 from keepset.bench._script import script_main
+from keepset.cli._common import add_quiet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="digits", help="data spec (digits, fashion-mnist, ...)")
-    parser.add_argument("--noise", type=float, default=0.4, help="label-noise rate on the train split (0.4)")
-    parser.add_argument("--noise-kind", default="symmetric", choices=("symmetric", "asymmetric"))
+    parser.add_argument("--noise", type=fraction_open, default=0.4, help="label-noise rate on the train split, in [0, 1)")
+    parser.add_argument("--noise-kind", default="symmetric", choices=("symmetric", "asymmetric"),
+                        help="how wrong labels are drawn")
     parser.add_argument("--text-encoder", default=None, help="text encoder spec (default: minilm)")
-    parser.add_argument("--arch", default=None, help="trusted-network architecture: mlp | cnn (default by input)")
-    parser.add_argument("--encoder-epochs", type=int, default=30, help="epochs of the trusted network (30)")
-    parser.add_argument("--adapter-epochs", type=int, default=30, help="adapter epochs (30)")
-    parser.add_argument("--adapter-lr", type=float, default=1e-4, help="adapter Adam learning rate (1e-4)")
-    parser.add_argument("--batch-size", type=int, default=256, help="adapter batch size (256)")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N samples (quick runs)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--arch", default=None, choices=("mlp", "cnn"),
+                        help="trusted-network architecture (default: by input shape)")
+    parser.add_argument("--encoder-epochs", type=positive_int, default=30, help="epochs of the trusted network")
+    parser.add_argument("--adapter-epochs", type=positive_int, default=30, help="adapter epochs")
+    parser.add_argument("--adapter-lr", type=positive_float, default=1e-4, help="adapter Adam learning rate")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="adapter batch size")
+    parser.add_argument("--limit", type=int_at_least(2), default=None,
+                        help="use only the first N samples, for quick runs (default: all)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the split, the noise and training")
+    add_quiet(parser, "no progress bars")
 
 
 def run(args) -> int:
@@ -46,6 +51,9 @@ def run(args) -> int:
     from keepset.training import accuracy, embed, fit
     import torch
 
+    from keepset.encoders.spec import check_text_encoder
+
+    check_text_encoder(args.text_encoder)  # its package and files, before any training
     progress = not args.quiet
     t0 = time.perf_counter()
     samples = load_spec(args.data)

@@ -14,24 +14,31 @@ import sys
 import time
 
 import numpy as np
+from keepset._argtypes import int_at_least, positive_int, seed
 from keepset.bench._script import script_main
+from keepset.cli._common import add_quiet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=200_000)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--backend", default="auto", choices=("auto", "faiss", "torch"))
-    parser.add_argument("--threads", type=int, default=2, help="threads for faiss / torch (2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n", type=int_at_least(2), default=200_000, help="samples (synthetic embeddings)")
+    parser.add_argument("--dim", type=positive_int, default=512, help="embedding size")
+    parser.add_argument("--classes", type=positive_int, default=10, help="number of classes")
+    parser.add_argument("--k", type=int_at_least(2), default=10, help="neighbourhood size K, the sample included")
+    parser.add_argument("--backend", default="auto", choices=("auto", "faiss", "torch"),
+                        help="exact kNN backend (auto: faiss when installed)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="threads for faiss / torch")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the synthetic embeddings")
+    add_quiet(parser, "no progress bar")
 
 
 def run(args) -> int:
     import torch
 
+    from keepset._checks import check_installed
     from keepset.scoring.semantic import sample_diversity_scores
 
+    if args.backend == "faiss":
+        check_installed("faiss", "--backend faiss", "knn")
     torch.set_num_threads(args.threads)
     try:
         import faiss
@@ -44,7 +51,7 @@ def run(args) -> int:
     centers = rng.normal(size=(args.classes, args.dim)).astype(np.float32)
     emb = centers[labels] + rng.normal(size=(args.n, args.dim)).astype(np.float32)
     t0 = time.perf_counter()
-    sds = sample_diversity_scores(emb, labels, args.k, backend=args.backend, progress=True)
+    sds = sample_diversity_scores(emb, labels, args.k, backend=args.backend, progress=not args.quiet)
     elapsed = time.perf_counter() - t0
     check = rng.choice(args.n, size=5, replace=False)
     worst = 0.0

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from keepset._argtypes import int_at_least, positive_int, seed
 from keepset.bench._script import script_main
+from keepset.cli._common import add_quiet
 
 CHILD = """
 import json, resource, sys, time
@@ -46,17 +48,22 @@ print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--samples", type=int, default=1_000_000, help="distinct sample ids (default 10^6)")
-    p.add_argument("--epochs", type=int, default=10, help="visits per sample (default 10: 10^7 records)")
-    p.add_argument("--batch-size", type=int, default=256, help="records per step (default 256)")
+    p.add_argument("--samples", type=int_at_least(2), default=1_000_000, help="distinct sample ids")
+    p.add_argument("--epochs", type=positive_int, default=10, help="visits per sample (10: 10^7 records)")
+    p.add_argument("--batch-size", type=int_at_least(2), default=256, help="records per step")
     p.add_argument("--uids", action="store_true", help="32-hex-digit string ids (DataComp uids) instead of int64")
-    p.add_argument("--binarize", nargs="+", default=["threshold", "kmeans"], choices=("threshold", "kmeans", "gmm"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/bench/stage2-scale", help="folder for the log and the results")
-    p.add_argument("--json", default=None, help="also write the figures here")
+    p.add_argument("--binarize", nargs="+", default=["threshold", "kmeans"], choices=("threshold", "kmeans", "gmm"),
+                   help="Stage 2 binarisations timed, one process each")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the synthetic recording")
+    p.add_argument("--out", default="out/bench/stage2-scale",
+                   help="working folder for the log (replaced on each run; refused if it holds other files)")
+    p.add_argument("--json", default=None, help="also write the figures here (default: not written)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    add_quiet(p, "no progress bar")
 
 
-def record_log(directory: Path, samples: int, epochs: int, batch_size: int, uids: bool, seed: int) -> tuple[float, Path]:
+def record_log(directory: Path, samples: int, epochs: int, batch_size: int, uids: bool, seed: int,
+               progress: bool = True) -> tuple[float, Path]:
     """Record the synthetic run; returns (seconds, path of the .npy of noisy ids)."""
     from keepset._progress import progress_bar
     from keepset.recorder import DynamicsRecorder
@@ -69,7 +76,7 @@ def record_log(directory: Path, samples: int, epochs: int, batch_size: int, uids
     t0 = time.perf_counter()
     step = 0
     steps = epochs * -(-samples // batch_size)
-    with progress_bar(total=steps, desc="recording") as bar:
+    with progress_bar(total=steps, desc="recording", enabled=progress) as bar:
         for e in range(epochs):
             order = rng.permutation(samples)
             for s in range(0, samples, batch_size):
@@ -88,13 +95,17 @@ def record_log(directory: Path, samples: int, epochs: int, batch_size: int, uids
 def run(args) -> int:
     import shutil
 
-    if args.samples < 2 or args.epochs < 1 or args.batch_size < 2:
-        raise ValueError("need --samples >= 2, --epochs >= 1 and --batch-size >= 2")
-    out = Path(args.out)
+    from keepset.bench._script import working_folder
+    from keepset.io import check_output_file
+
+    if args.json:
+        check_output_file(args.json, args.overwrite)
+    out = working_folder(args.out, owned=("dynamics", "noisy_ids.npy"))
     log = out / "dynamics"
     shutil.rmtree(log, ignore_errors=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    rec_s, noisy = record_log(log, args.samples, args.epochs, args.batch_size, args.uids, args.seed)
+    rec_s, noisy = record_log(log, args.samples, args.epochs, args.batch_size, args.uids, args.seed,
+                              progress=not args.quiet)
     size_mb = sum(p.stat().st_size for p in log.iterdir()) / 2**20
     n_records = args.samples * args.epochs
     print(f"{n_records:,} records of {args.samples:,} {'uid' if args.uids else 'int64'} ids, batches of "
@@ -115,7 +126,7 @@ def run(args) -> int:
     if args.json:
         from keepset.io import write_text_atomic
 
-        write_text_atomic(args.json, json.dumps(doc, indent=2) + "\n", overwrite=True)
+        write_text_atomic(args.json, json.dumps(doc, indent=2) + "\n", overwrite=args.overwrite)
     return 0
 
 

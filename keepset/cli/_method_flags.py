@@ -32,7 +32,7 @@ def method_options(args: argparse.Namespace, flags: dict[str, tuple[str, str, ob
     flags : from ``add_method_flags``; reads(method, dest) : whether ``method`` reads that flag.
     A flag ``method`` does not read, set to something other than its default, raises ValueError.
     """
-    skip = set(skip) | {"func", "command", "_method_flags"}
+    skip = set(skip) | {"func", "command", "_method_flags", "debug"}
     options = {}
     for dest, value in vars(args).items():
         if dest in skip:

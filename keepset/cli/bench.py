@@ -1,9 +1,12 @@
-"""``keepset bench NAME``: each benchmark module defines ``add_arguments(parser)``, ``run(args) -> int``
-and ``main(argv=None)`` (for ``python -m keepset.bench.NAME``)."""
+"""``keepset bench NAME``: each benchmark module defines ``add_arguments(parser)`` (without importing torch at module
+level: ``keepset --help`` builds every parser), ``run(args) -> int`` and ``main(argv=None)`` (for
+``python -m keepset.bench.NAME``, which is the same as ``keepset bench NAME``)."""
 
 from __future__ import annotations
 
 import importlib
+
+from keepset.cli._common import command_parser
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "overhead": ("keepset.bench.overhead", "time of a Grad-Mimic step against a plain step"),
@@ -22,15 +25,12 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="run a benchmark that prints figures measured side by side")
+    p = command_parser(subparsers, "bench", help="run a benchmark that prints figures measured side by side",
+                       description="Benchmarks print figures measured side by side in one run; "
+                                   "keepset bench NAME --help lists a benchmark's flags.")
     sub = p.add_subparsers(dest="bench", metavar="NAME", required=True)
     for name, (module, help_) in BENCHMARKS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue  # not built yet
-        bp = sub.add_parser(name, help=help_, description=mod.__doc__)
+        mod = importlib.import_module(module)
+        bp = command_parser(sub, name, help=help_, description=mod.__doc__)
         mod.add_arguments(bp)
         bp.set_defaults(func=mod.run)

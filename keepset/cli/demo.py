@@ -1,10 +1,15 @@
-"""``keepset demo``: Grad-Mimic end to end (see keepset.workflows.demo)."""
+"""``keepset demo``: Grad-Mimic end to end on data with injected label noise (see keepset.workflows.demo).
+
+Splits the data into train / trusted / test (stratified, seeded), corrupts the train labels, runs the filter
+workflow of ``keepset filter`` on the noisy train split with the trusted split as the clean data, trains the
+same head with plain SGD for comparison, and only then reads the test split for the final metrics. The run
+folder (written to a temporary folder and swapped in whole) holds summary.json, scores.parquet, keep.npy, the
+two checkpoints, the recorded dynamics and manifest.json.
+"""
 
 from __future__ import annotations
 
-import argparse
-
-from keepset.cli._common import add_device, add_quiet, log_to_stderr
+from keepset.cli._common import add_device, add_quiet, command_parser, log_to_stderr
 from keepset.data import NOISE_KINDS, SPEC_HELP
 
 EXAMPLES = """examples:
@@ -15,46 +20,55 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo", help="Grad-Mimic end to end: noisy labels in, mislabel detection and a keep list out",
-        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="digits", help=f"data spec (default: digits). {SPEC_HELP}")
-    p.add_argument("--noise", type=float, default=0.4, help="label-noise rate on the train split (default 0.4)")
-    p.add_argument("--noise-kind", choices=NOISE_KINDS, default="symmetric", help="default: symmetric")
-    p.add_argument("--seed", type=int, default=0, help="seed of the split, the noise and training (default 0)")
-    p.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    p = command_parser(subparsers, "demo", help="Grad-Mimic end to end: noisy labels in, mislabel detection and a "
+                                                 "keep list out", description=__doc__, epilog=EXAMPLES)
+    p.add_argument("--data", default="digits", help=f"data spec. {SPEC_HELP}")
+    p.add_argument("--noise", type=float, default=0.4, help="label-noise rate on the train split, in [0, 1)")
+    p.add_argument("--noise-kind", choices=NOISE_KINDS, default="symmetric", help="how wrong labels are drawn")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split, the noise and training (an integer >= 0)")
+    p.add_argument("--out", default="out/demo", help="output folder (written whole at the end)")
     p.add_argument("--setting", choices=("probe", "finetune"), default="probe",
-                   help="probe: linear heads on the reference's frozen backbone (default, the paper's); "
+                   help="probe: linear heads on the reference's frozen backbone (the paper's); "
                         "finetune: whole networks from one shared initialisation")
     p.add_argument("--layers", default=None,
-                   help="scored layers in the finetune setting: a name, a module prefix or 'all' (default: all)")
-    p.add_argument("--backbone", choices=("mlp", "cnn"), default="mlp",
-                   help="reference network: MLP (default) or the small CNN")
+                   help="scored layers, finetune setting only: a name, a module prefix or 'all' (default: all)")
+    p.add_argument("--backbone", choices=("mlp", "cnn"), default="mlp", help="reference network: MLP or the small CNN")
     p.add_argument("--holdout", type=float, default=0.2,
-                   help="fraction of the trusted split held out to check the reference (default 0.2)")
-    p.add_argument("--epochs", type=int, default=20, help="epochs of head training (default 20)")
-    p.add_argument("--batch-size", type=int, default=64, help="default 64")
+                   help="fraction of the trusted split held out to check the reference, in [0, 1)")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of head training")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per training batch")
     p.add_argument("--lr", type=float, default=None,
                    help="SGD learning rate (default: probe 10 / mean squared feature norm, finetune 0.1)")
-    p.add_argument("--method", choices=("proj", "cos"), default="proj", help="Mimic Score used for weights")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (default 1)")
+    p.add_argument("--method", choices=("proj", "cos"), default="proj", help="Mimic Score behind the weights")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (> 0)")
     p.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold",
-                   help="Stage 2 per-step binarisation (default threshold 1/B on the normed score)")
-    p.add_argument("--vote", choices=("majority", "weighted"), default="majority", help="default: majority")
+                   help="Stage 2 per-step binarisation (threshold: 1/B on the normed score)")
+    p.add_argument("--vote", choices=("majority", "weighted"), default="majority",
+                   help="Stage 2 vote over a sample's visits")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from keepset.workflows.demo import DemoConfig, format_summary, run_demo
+def config(args):
+    """The demo's config from the parsed flags, validated (flags named as on the command line)."""
+    from keepset.workflows.demo import DemoConfig
 
     cfg = DemoConfig(data=args.data, setting=args.setting, layers=args.layers, noise=args.noise,
                      noise_kind=args.noise_kind, seed=args.seed, out=args.out, backbone=args.backbone,
                      holdout=args.holdout, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      method=args.method, temperature=args.temperature, binarize=args.binarize, vote=args.vote,
                      device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    return cfg.validate(flags=True)
+
+
+def run(args) -> int:
+    from keepset.io import check_output_dir
+    from keepset.workflows.demo import format_summary, run_demo
+
+    cfg = config(args)
+    check_output_dir(cfg.out, cfg.overwrite)
     summary = run_demo(cfg, log=log_to_stderr(args.quiet))
     print(format_summary(summary))
     print(f"wrote {args.out}/: summary.json, scores.parquet, keep.npy, manifest.json, dynamics/")

@@ -8,8 +8,8 @@ score by id, and Stage 2 turns the recording into a keep list. The run folder ho
 keep.npy, summary.json (the quality estimate and its independent check), manifest.json, the recorded
 dynamics and the two checkpoints.
 
-Image-text pairs (contrastive probing): frozen image and text embeddings, two trainable projections
-(a two-tower probe) trained with CLIP's loss; the reference's projections train on the trusted pairs, the
+Image-text pairs (contrastive probing): frozen image and text embeddings, two trainable projections (a
+two-tower probe) trained with CLIP's loss; the reference's projections train on the trusted pairs, the
 model's on the pool with Grad-Mimic, both from one initialisation. The pool streams shard by shard. The run
 folder adds keep_datacomp.npy (DataComp's sorted u8,u8 uid array, for its resharder) and per-pair clip_score
 and sas columns.
@@ -17,9 +17,7 @@ and sas columns.
 
 from __future__ import annotations
 
-import argparse
-
-from keepset.cli._common import add_device, add_quiet, log_to_stderr
+from keepset.cli._common import add_device, add_quiet, command_parser, log_to_stderr
 from keepset.data import SPEC_HELP
 from keepset.data.pairs.spec import PAIRS_SPEC_HELP
 
@@ -27,15 +25,14 @@ PAIR_KINDS = ("datacomp", "wds", "hf")
 #: flags (argparse dest -> spelling) that only one kind of data reads
 LABELLED_ONLY = {"setting": "--setting", "backbone": "--backbone"}
 PAIRS_ONLY = {"dim": "--dim", "text_hidden": "--text-hidden", "shuffle_buffer": "--shuffle-buffer",
-              "no_sas": "--no-sas",
-              "truth": "--truth", "image_encoder": "--image-encoder", "text_encoder": "--text-encoder",
-              "cache_dir": "--cache-dir"}
+              "no_sas": "--no-sas", "truth": "--truth", "image_encoder": "--image-encoder",
+              "text_encoder": "--text-encoder", "cache_dir": "--cache-dir"}
 
 EXAMPLES = """examples:
   keepset filter --data fashion-mnist --trusted-ids trusted.npy --out out/fmnist-filter
-  keepset filter --data datacomp:out/pool/datacomp --trusted-ids trusted_uids.npy --out out/pairs \
+  keepset filter --data datacomp:out/pool/datacomp --trusted-ids trusted_uids.npy --out out/pairs \\
                  --truth out/pool/truth.parquet
-  keepset filter --data wds:out/pool/wds --trusted-ids trusted_uids.npy --out out/pairs-wds \
+  keepset filter --data wds:out/pool/wds --trusted-ids trusted_uids.npy --out out/pairs-wds \\
                  --image-encoder network:out/pool/image_tower.safetensors
   keepset filter --data npz:mine.npz --trusted npz:clean.npz --out out/mine
   keepset filter --data imagefolder:photos --reference out/demo/reference.safetensors --out out/photos
@@ -44,67 +41,69 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("filter", help="Grad-Mimic on your own labelled data: scores by id, a keep list, "
-                                             "a quality estimate", description=__doc__, epilog=EXAMPLES,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(subparsers, "filter", help="Grad-Mimic on your own labelled data or image-text pool: scores "
+                                                   "by id, a keep list, a quality estimate",
+                       description=__doc__, epilog=EXAMPLES)
     p.add_argument("--data", required=True,
                    help=f"the data to filter. {SPEC_HELP}; image-text pairs: {PAIRS_SPEC_HELP}")
     src = p.add_argument_group("the reference (one of --trusted / --trusted-ids, and / or --reference)")
-    src.add_argument("--trusted", default=None, help="a separate data set with clean labels (same classes), or a "
-                                                     "separate pool of clean pairs")
+    src.add_argument("--trusted", default=None,
+                     help="a separate data set with clean labels (same classes), or a separate pool of clean pairs "
+                          "(default: none)")
     src.add_argument("--trusted-ids", default=None, metavar="FILE",
-                     help=".npy of ids inside --data whose labels (pairs: uids of pairs) are clean; they train the "
-                          "reference and are kept, not filtered")
+                     help=".npy of ids inside --data whose labels are clean (pairs: uids, or DataComp's u8,u8 "
+                          "array); they train the reference and are kept, not filtered (default: none)")
     src.add_argument("--reference", default=None, metavar="CKPT",
                      help="a trained keepset network (.safetensors) to use as the reference (pairs: the "
                           "reference.safetensors of an earlier pair run); with trusted samples too, all of them are "
-                          "held out to check it")
+                          "held out to check it (default: none)")
     p.add_argument("--out", required=True, help="output folder (written whole at the end)")
+    p.add_argument("--setting", choices=("probe", "finetune"), default=None,
+                   help="labelled data only. probe: linear heads on the reference's frozen backbone (the paper's); "
+                        "finetune: whole networks from one shared initialisation (default: probe)")
     p.add_argument("--layers", default=None,
                    help="scored layers: labelled data in the finetune setting (default: all); pairs (default: both "
-                        "projections' weights). A name, a module prefix or 'all'")
+                        "projections' weights). A name, a module prefix, a comma-separated list or 'all'")
+    p.add_argument("--backbone", choices=("mlp", "cnn"), default=None,
+                   help="labelled data only: the reference network trained on the trusted samples (not with "
+                        "--reference) (default: mlp)")
     p.add_argument("--holdout", type=float, default=0.2,
-                   help="fraction of the trusted samples held out to check the reference (default: 0.2)")
-    p.add_argument("--reference-epochs", type=int, default=0, help="epochs of the reference (default 0: automatic)")
+                   help="fraction of the trusted samples held out to check the reference, in [0, 1) "
+                        "(not with --reference)")
+    p.add_argument("--reference-epochs", type=int, default=0,
+                   help="epochs of the reference, 0: automatic (not with --reference)")
     p.add_argument("--epochs", type=int, default=None, help="epochs of Grad-Mimic training (default: 20; pairs 5)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="batch size of Grad-Mimic training (default: 64; pairs 256, the contrastive batch)")
     p.add_argument("--lr", type=float, default=None,
                    help="step of the model (default: probe SGD 10 / mean squared feature norm, finetune SGD 0.1; "
                         "pairs AdamW 1e-3)")
-    p.add_argument("--method", choices=("proj", "cos"), default="proj",
-                   help="Mimic Score behind the weights (default: proj)")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (default: 1)")
+    p.add_argument("--method", choices=("proj", "cos"), default="proj", help="Mimic Score behind the weights")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature tau (> 0)")
     p.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold",
-                   help="Stage 2 per-step rule (default: threshold 1/B on the normed score)")
+                   help="Stage 2 per-step rule (threshold: 1/B on the normed score)")
     p.add_argument("--vote", choices=("majority", "weighted"), default="majority",
-                   help="Stage 2 vote over a sample's visits (default: majority)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random step (default: 0)")
+                   help="Stage 2 vote over a sample's visits")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random step (an integer >= 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    lab = p.add_argument_group("labelled data only")
-    lab.add_argument("--setting", choices=("probe", "finetune"), default=None,
-                     help="probe: linear heads on the reference's frozen backbone (default, the paper's); "
-                          "finetune: whole networks from one shared initialisation")
-    lab.add_argument("--backbone", choices=("mlp", "cnn"), default=None,
-                     help="the reference network trained on the trusted samples (default: mlp)")
     pairs = p.add_argument_group("image-text pairs only")
-    pairs.add_argument("--dim", type=int, default=None, help="size of the two-tower probe's shared space (default 64)")
+    pairs.add_argument("--dim", type=int, default=None, help="size of the two-tower probe's shared space (default: 64)")
     pairs.add_argument("--text-hidden", default=None, metavar="W[,W...]",
                        help="widths of an MLP on the text side before its projection (default: none)")
     pairs.add_argument("--shuffle-buffer", type=int, default=None,
-                       help="pairs shuffled together while streaming (default 16384; memory: that many embeddings)")
+                       help="pairs shuffled together while streaming (default: 16384; memory: that many embeddings)")
     pairs.add_argument("--no-sas", action="store_true",
                        help="skip the probe fitted to the pool's own pairs (the sas column)")
     pairs.add_argument("--truth", default=None, metavar="FILE",
                        help="evaluation only: a truth parquet (uid + corruption, e.g. make-pool's truth.parquet); the "
-                            "summary reports detection against it, no decision reads it")
+                            "summary reports detection against it, no decision reads it (default: none)")
     pairs.add_argument("--image-encoder", default=None,
                        help="pools of images (wds:, hf:): network:CKPT.safetensors (e.g. a pool's "
-                            "image_tower.safetensors) or clip:PATH")
+                            "image_tower.safetensors) or clip:PATH (default: none; required for such pools)")
     pairs.add_argument("--text-encoder", default=None,
-                       help="pools of images: minilm (default) | sentence-transformers:PATH | clip:PATH")
+                       help="pools of images: minilm | sentence-transformers:PATH | clip:PATH (default: minilm)")
     pairs.add_argument("--cache-dir", default=None,
-                       help="embedding cache of those encoders (default $KEEPSET_CACHE or ~/.cache/keepset)")
+                       help="embedding cache of those encoders (default: $KEEPSET_CACHE or ~/.cache/keepset)")
     add_device(p)
     add_quiet(p)
     p.set_defaults(func=run)
@@ -122,26 +121,26 @@ def _refuse(args, flags: dict, what: str, data: str) -> None:
                          f"--data {data} is not: drop {'it' if len(given) == 1 else 'them'}")
 
 
-def run(args) -> int:
+def config(args):
+    """The filter's config from the parsed flags, validated (flags named as on the command line): a
+    ``FilterConfig`` for labelled data, a ``PairFilterConfig`` for an image-text pool."""
     if is_pair_spec(args.data):
-        return run_pairs(args)
-    from keepset.workflows.filter import FilterConfig, FilterOptions, format_summary, run_filter
+        return pair_config(args)
+    from keepset.workflows.filter import FilterConfig, FilterOptions
 
     _refuse(args, PAIRS_ONLY, "image-text pools (datacomp:, wds:, hf:)", args.data)
     if args.trusted and is_pair_spec(args.trusted):
         raise ValueError(f"--trusted {args.trusted} is a pool of pairs but --data {args.data} is labelled data")
-    opt = FilterOptions(setting=args.setting or "probe", layers=args.layers, backbone=args.backbone or "mlp",
+    d = FilterOptions()
+    opt = FilterOptions(setting=args.setting or d.setting, layers=args.layers, backbone=args.backbone or d.backbone,
                         holdout=args.holdout, reference_epochs=args.reference_epochs,
-                        epochs=20 if args.epochs is None else args.epochs,
-                        batch_size=64 if args.batch_size is None else args.batch_size,
+                        epochs=d.epochs if args.epochs is None else args.epochs,
+                        batch_size=d.batch_size if args.batch_size is None else args.batch_size,
                         lr=args.lr, method=args.method, temperature=args.temperature, binarize=args.binarize,
                         vote=args.vote, seed=args.seed, device=args.device, progress=not args.quiet)
     cfg = FilterConfig(data=args.data, trusted=args.trusted, trusted_ids=args.trusted_ids, reference=args.reference,
                        out=args.out, overwrite=args.overwrite, options=opt)
-    summary = run_filter(cfg, log=log_to_stderr(args.quiet))
-    print(format_summary(summary))
-    print(f"wrote {args.out}/: scores.parquet, keep.npy, summary.json, manifest.json, dynamics/")
-    return 0
+    return cfg.validate(flags=True)
 
 
 def _widths(text: str | None) -> tuple[int, ...]:
@@ -153,9 +152,9 @@ def _widths(text: str | None) -> tuple[int, ...]:
         raise ValueError(f"--text-hidden takes comma-separated integer widths, e.g. 256,128; got {text!r}") from None
 
 
-def run_pairs(args) -> int:
-    from keepset.workflows.filter_pairs import PairFilterConfig, PairFilterOptions, format_pair_summary, \
-        run_filter_pairs
+def pair_config(args):
+    """The pair filter's config from the parsed flags, validated (flags named as on the command line)."""
+    from keepset.workflows.filter_pairs import PairFilterConfig, PairFilterOptions
 
     _refuse(args, LABELLED_ONLY, "labelled data", args.data)
     if args.trusted and not is_pair_spec(args.trusted):
@@ -177,8 +176,26 @@ def run_pairs(args) -> int:
                            reference=args.reference, truth=args.truth, image_encoder=args.image_encoder,
                            text_encoder=args.text_encoder, cache_dir=args.cache_dir, out=args.out,
                            overwrite=args.overwrite, options=opt)
-    summary = run_filter_pairs(cfg, log=log_to_stderr(args.quiet))
-    print(format_pair_summary(summary))
-    extra = ", keep_datacomp.npy" if "keep_datacomp.npy" in summary.get("keep_list", "") else ""
-    print(f"wrote {args.out}/: scores.parquet, keep.npy{extra}, summary.json, manifest.json, dynamics/, checkpoints")
+    return cfg.validate(flags=True)
+
+
+def run(args) -> int:
+    from keepset.io import check_output_dir
+
+    cfg = config(args)
+    check_output_dir(cfg.out, cfg.overwrite)
+    if is_pair_spec(args.data):
+        from keepset.workflows.filter_pairs import format_pair_summary, run_filter_pairs
+
+        summary = run_filter_pairs(cfg, log=log_to_stderr(args.quiet))
+        print(format_pair_summary(summary))
+        extra = ", keep_datacomp.npy" if "keep_datacomp.npy" in summary.get("keep_list", "") else ""
+        print(f"wrote {args.out}/: scores.parquet, keep.npy{extra}, summary.json, manifest.json, dynamics/, "
+              "checkpoints")
+        return 0
+    from keepset.workflows.filter import format_summary, run_filter
+
+    summary = run_filter(cfg, log=log_to_stderr(args.quiet))
+    print(format_summary(summary))
+    print(f"wrote {args.out}/: scores.parquet, keep.npy, summary.json, manifest.json, dynamics/")
     return 0

@@ -6,8 +6,7 @@ and DIR/truth.parquet (which pairs were corrupted and how: for evaluation only, 
 
 from __future__ import annotations
 
-import argparse
-
+from keepset.cli._common import add_quiet, command_parser, quiet_libraries
 from keepset.data import SPEC_HELP
 from keepset.data.corruption import CORRUPTION_KINDS
 
@@ -20,41 +19,40 @@ read it back:  keepset.data.pairs.load_pairs("datacomp:out/pool/datacomp") or lo
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "make-pool", help="write an offline image-text pool (DataComp + webdataset layouts) with recorded defects",
-        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="fashion-mnist", help=f"labelled image data (default fashion-mnist). {SPEC_HELP}")
+    p = command_parser(subparsers, "make-pool", help="write an offline image-text pool (DataComp + webdataset layouts) "
+                                                     "with recorded defects", description=__doc__, epilog=EXAMPLES)
+    p.add_argument("--data", default="fashion-mnist", help=f"labelled image data. {SPEC_HELP}")
     p.add_argument("--out", required=True, help="the pool folder to write (refused if it exists, without --overwrite)")
     p.add_argument("--n", type=int, default=None,
-                   help="pairs in the pool (default: every sample of the data not used by the image tower)")
-    p.add_argument("--shard-size", type=int, default=10_000, help="pairs per shard (default 10000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random step (default 0)")
+                   help="pairs in the pool, >= 2 (default: every sample of the data not used by the image tower)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="pairs per shard")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random step (an integer >= 0)")
     p.add_argument("--swap", type=float, default=0.3,
-                   help="fraction of pairs given the caption of a pair of another class (default 0.3)")
+                   help="fraction of pairs given the caption of a pair of another class")
     p.add_argument("--unrelated", type=float, default=0.0,
-                   help="fraction of pairs given a sentence about something else (default 0)")
-    p.add_argument("--damaged", type=float, default=0.0, help="fraction of pairs whose image is damaged (default 0)")
+                   help="fraction of pairs given a sentence about something else")
+    p.add_argument("--damaged", type=float, default=0.0, help="fraction of pairs whose image is damaged")
     p.add_argument("--duplicates", type=float, default=0.0,
-                   help="fraction of pairs replaced by near-duplicates of clean pairs (default 0)")
+                   help="fraction of pairs replaced by near-duplicates of clean pairs")
     p.add_argument("--damage-kind", choices=CORRUPTION_KINDS, default="gaussian_noise",
-                   help="image corruption of the damaged pairs (default gaussian_noise)")
+                   help="image corruption of the damaged pairs")
     p.add_argument("--damage-severity", type=int, default=3, choices=range(1, 6), metavar="{1..5}",
-                   help="corruption severity (default 3)")
+                   help="corruption severity")
     p.add_argument("--encoder-fraction", type=float, default=0.1,
-                   help="share of the data that trains the image tower and stays out of the pool (default 0.1)")
+                   help="share of the data that trains the image tower and stays out of the pool, in (0, 1)")
     p.add_argument("--encoder-arch", choices=("mlp", "cnn"), default=None,
                    help="image tower (default: cnn for square images of side >= 16, else mlp)")
     p.add_argument("--encoder-epochs", type=int, default=None,
-                   help="image tower epochs (default ceil(30000 / its training samples), within [5, 50])")
+                   help="image tower epochs (default: ceil(30000 / its training samples), within [5, 50])")
     p.add_argument("--text-encoder", default="minilm",
-                   help="minilm (default, offline) | sentence-transformers:PATH | clip:PATH_OR_NAME")
+                   help="minilm (offline package) | sentence-transformers:PATH | clip:PATH_OR_NAME")
     p.add_argument("--overwrite", action="store_true", help="replace an existing pool at --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p, "no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from keepset.workflows.make_pool import MakePoolConfig, format_summary, make_pool
+    from keepset.workflows.make_pool import MakePoolConfig, format_summary, make_pool, validate_config
 
     cfg = MakePoolConfig(data=args.data, out=args.out, n=args.n, shard_size=args.shard_size, seed=args.seed,
                          swap=args.swap, unrelated=args.unrelated, damaged=args.damaged, duplicates=args.duplicates,
@@ -62,8 +60,10 @@ def run(args) -> int:
                          encoder_fraction=args.encoder_fraction, encoder_arch=args.encoder_arch,
                          encoder_epochs=args.encoder_epochs, text_encoder=args.text_encoder,
                          overwrite=args.overwrite, progress=not args.quiet)
-    summary = make_pool(cfg)
+    validate_config(cfg, flags=True)  # everything before any work
+    quiet_libraries(args.quiet)
+    summary = make_pool(cfg, manifest=True)
     print(format_summary(summary))
     print(f"wrote {args.out}/datacomp/, {args.out}/wds/, pool.json, truth.parquet (evaluation only), "
-          "image_tower.safetensors")
+          "image_tower.safetensors, manifest.json")
     return 0

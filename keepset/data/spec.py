@@ -13,6 +13,20 @@ SPEC_HELP = ("digits | fashion-mnist[:PATH] | idx:PATH | cifar10:PATH | cifar100
              "imagefolder:PATH | npz:PATH   (append @test for the test file of IDX/CIFAR data)")
 
 
+def spec_file(spec: str) -> str | None:
+    """The file a data spec names when it names one file (``npz:PATH``, an IDX file), else None (built-in data,
+    folders: their content is identified by ``SampleSet.fingerprint()``). For manifests' input hashes."""
+    from pathlib import Path
+
+    if not isinstance(spec, str):
+        return None
+    body = spec.strip().removesuffix("@test")
+    kind, _, path = body.partition(":")
+    if kind.lower() in ("npz", "idx", "mnist") and path and Path(path).expanduser().is_file():
+        return str(Path(path).expanduser())
+    return None
+
+
 def load_spec(spec: str) -> SampleSet:
     """Load the SampleSet a data spec names; raise ValueError with the accepted forms when it is unknown."""
     if not isinstance(spec, str) or not spec.strip():

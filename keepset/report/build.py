@@ -132,7 +132,7 @@ def _version() -> str:
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, overwrite: bool = False,
                  max_gallery: int = MAX_GALLERY, max_thumbnails: int = MAX_THUMBNAILS, page_size: int = PAGE_SIZE,
-                 data: str | None = None, thumbnails: bool = True) -> dict:
+                 data: str | None = None, thumbnails: bool = True, manifest: bool = False) -> dict:
     """Write the HTML report of a run folder (and ``issues.parquet`` beside it) or of a benchmark folder.
 
     run_dir : what ``keepset filter`` / ``keepset demo`` wrote (scores.parquet, summary.json) or a benchmark
@@ -141,7 +141,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, overwrit
     max_gallery : flagged rows listed in the gallery (worst first; issues.parquet always has all rows).
     max_thumbnails : rows of the gallery with a thumbnail (the worst ones).
     data : data spec for the thumbnails when the run's own (summary.json's ``data``) moved.
-    Returns {"html": Path, "issues": Path | None, "bytes": int, "seconds": float, ...}.
+    manifest : also write ``OUT.manifest.json`` (the run folder's files read, with their hashes; the outputs).
+    The outputs are written as a group: all of them or, on any failure, none (existing ones untouched).
+    Returns {"html": Path, "issues": Path | None, "manifest": Path | None, "bytes": int, "seconds": float, ...}.
     """
     t0 = time.perf_counter()
     folder = check_run_dir(run_dir)
@@ -151,13 +153,28 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, overwrit
     max_gallery = _positive(max_gallery, "max_gallery")
     max_thumbnails = _positive(max_thumbnails, "max_thumbnails")
     page_size = _positive(page_size, "page_size") or PAGE_SIZE
-    from keepset.io.atomic import check_writable, write_text_atomic
+    from keepset.io.atomic import atomic_files, check_output_file, write_text_atomic
 
-    check_writable(out, overwrite)
     is_bench = (folder / "results.json").exists() and not (folder / "scores.parquet").exists()
+    if not is_bench:  # its optional packages, before any work
+        from keepset._checks import check_installed
+
+        check_installed("pandas", "keepset report (the issues table)", "report")
+        check_installed("matplotlib", "keepset report (the score distributions)", "report")
+    if is_bench:  # the gallery options describe a run folder's samples: refused rather than ignored
+        given = [name for name, value, default in (
+            ("max_gallery", max_gallery, MAX_GALLERY), ("max_thumbnails", max_thumbnails, MAX_THUMBNAILS),
+            ("page_size", page_size, PAGE_SIZE), ("data", data, None), ("thumbnails", thumbnails, True))
+            if value != default]
+        if given:
+            flags = ", ".join("--no-thumbnails" if g == "thumbnails" else "--" + g.replace("_", "-") for g in given)
+            raise ValueError(f"{folder} is a benchmark folder (results.json): {flags} apply to the sample gallery "
+                             "of a run folder; drop them")
     issues_path = None if is_bench else out.parent / "issues.parquet"
-    if issues_path is not None:
-        check_writable(issues_path, overwrite)
+    manifest_path = out.with_name(out.name + ".manifest.json") if manifest else None
+    outputs = [p for p in (out, issues_path, manifest_path) if p is not None]
+    for p in outputs:
+        check_output_file(p, overwrite)
     if is_bench:
         from keepset.report.benchmarks import render_benchmark
 
@@ -172,7 +189,19 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, overwrit
         html, facts = render_run(run, df, max_rows=max_gallery, max_thumbnails=max_thumbnails,
                                  page_size=page_size, data=data, thumbnails=thumbnails)
         facts["issues_s"] = issues_s
-        write_issues(df, issues_path, overwrite=overwrite)
-    write_text_atomic(out, html, overwrite=overwrite)
-    return {"html": out, "issues": issues_path, "bytes": out.stat().st_size,
+    with atomic_files(outputs, overwrite) as tmp:  # all of them or none
+        if issues_path is not None:
+            write_issues(df, tmp / issues_path.name)
+        write_text_atomic(tmp / out.name, html)
+        if manifest_path is not None:
+            from keepset.io.manifest import write_manifest
+
+            read = ("scores.parquet", "summary.json", "manifest.json", "results.json")
+            write_manifest(tmp / manifest_path.name, method="keepset-report",
+                           params={"run_dir": str(run_dir), "max_gallery": max_gallery,
+                                   "max_thumbnails": max_thumbnails, "page_size": page_size, "data": data,
+                                   "thumbnails": thumbnails},
+                           inputs={name: folder / name for name in read if (folder / name).is_file()},
+                           outputs={"html": out.name, **({"issues": issues_path.name} if issues_path else {})})
+    return {"html": out, "issues": issues_path, "manifest": manifest_path, "bytes": out.stat().st_size,
             "seconds": time.perf_counter() - t0, **facts}

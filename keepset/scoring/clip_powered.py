@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from keepset._argtypes import int_at_least, positive_float, positive_int
 from keepset.data import SampleSet
-from keepset.encoders import (
-    IMAGE_SPEC_HELP, TEXT_SPEC_HELP, average_templates, cached_image_embeddings, cached_text_embeddings,
-    class_prompts, default_cache_dir, load_adapters, save_adapters, train_adapters,
-)
-from keepset.encoders.base import hash_strings
+from keepset.encoders.spec import IMAGE_SPEC_HELP, TEXT_SPEC_HELP, check_encoder_specs, resolve_encoder_specs
 from keepset.scoring.semantic import clip_scores, minmax, sample_diversity_scores, semantic_alignment_scores
+
+# The encoders (torch, transformers) are imported inside the functions: ``keepset score --help`` reads
+# ``add_arguments`` without loading them.
 
 DEFAULT_TEMPLATES = ("A photo of a {}",)
 
@@ -31,20 +31,52 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("CLIP-powered scores (sas, sds, clip-powered, clip-score)")
     g.add_argument("--image-encoder", default=None, help=f"image encoder: {IMAGE_SPEC_HELP}")
     g.add_argument("--text-encoder", default=None,
-                   help=f"text encoder: {TEXT_SPEC_HELP}; default the image encoder's CLIP when it is one")
+                   help=f"text encoder: {TEXT_SPEC_HELP} (default: the image encoder's CLIP when it is one, "
+                        "else minilm)")
     g.add_argument("--templates", default=None,
-                   help="prompt templates separated by '|', '{}' is the class name (default 'A photo of a {}')")
-    g.add_argument("--k", type=int, default=10, help="SDS neighbourhood size K incl. the sample (10; capped per class)")
-    g.add_argument("--adapter-epochs", type=int, default=30, help="adapter training epochs (30)")
-    g.add_argument("--adapter-lr", type=float, default=1e-4, help="adapter Adam learning rate (1e-4)")
-    g.add_argument("--adapter-batch-size", type=int, default=256, help="adapter batch size (256)")
-    g.add_argument("--adapter-dim", type=int, default=None, help="common adapted dim (default min of the two dims)")
-    g.add_argument("--adapter-temperature", type=float, default=0.07, help="InfoNCE temperature (0.07)")
-    g.add_argument("--encoder-epochs", type=int, default=30, help="epochs of the network:trusted encoder (30)")
-    g.add_argument("--cache-dir", default=None, help="embedding / adapter cache (default $KEEPSET_CACHE or "
+                   help="prompt templates separated by '|', '{}' is the class name (default: 'A photo of a {}')")
+    g.add_argument("--k", type=int_at_least(2), default=10,
+                   help="SDS neighbourhood size K including the sample (capped per class)")
+    g.add_argument("--adapter-epochs", type=positive_int, default=30, help="adapter training epochs")
+    g.add_argument("--adapter-lr", type=positive_float, default=1e-4, help="adapter Adam learning rate")
+    g.add_argument("--adapter-batch-size", type=positive_int, default=256, help="adapter batch size")
+    g.add_argument("--adapter-dim", type=positive_int, default=None,
+                   help="common adapted dimension (default: the smaller of the two embedding sizes)")
+    g.add_argument("--adapter-temperature", type=positive_float, default=0.07, help="InfoNCE temperature")
+    g.add_argument("--encoder-epochs", type=positive_int, default=30,
+                   help="epochs of the network:trusted image encoder")
+    g.add_argument("--cache-dir", default=None, help="embedding / adapter cache (default: $KEEPSET_CACHE or "
                    "~/.cache/keepset)")
     g.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    g.add_argument("--save-adapters", default=None, help="also write the trained adapters here (.safetensors)")
+    g.add_argument("--save-adapters", default=None,
+                   help="also write the trained adapters here (.safetensors) (default: not written)")
+
+
+def preflight(method: str, options: dict) -> dict:
+    """Checks before any work (``keepset score`` calls it first): the encoders can be built (spec, files,
+    optional packages: ImportError naming the extra), and no option is set that the encoders would ignore.
+
+    Returns what the manifest records: {"encoders": resolved specs, "inputs": {name: path}}.
+    """
+    image, text = check_encoder_specs(options.get("image_encoder"), options.get("text_encoder"))
+    if method == "clip-score" and not image.lower().startswith("clip:"):
+        raise ValueError("clip-score compares images and texts in CLIP's own space: pass --image-encoder clip:PATH "
+                         "(a local CLIP directory or a hub name in the local cache)")
+    trusted = image.lower() == "network:trusted"
+    if not trusted and options.get("encoder_epochs", 30) != 30:
+        raise ValueError(f"--encoder-epochs trains the network:trusted image encoder; {image} is used as it is: "
+                         "drop --encoder-epochs")
+    if options.get("no_cache") and options.get("cache_dir"):
+        raise ValueError("--cache-dir names the cache that --no-cache turns off: give one of them")
+    save = options.get("save_adapters")
+    if save:
+        from keepset.io import check_output_file
+
+        check_output_file(save, overwrite=False)
+    inputs = {}
+    if image.lower().startswith("network:") and not trusted:
+        inputs["image_encoder"] = image.partition(":")[2]  # a checkpoint file: hashed in the manifest
+    return {"encoders": {"image": image, "text": text}, "inputs": inputs}
 
 
 def _templates(templates) -> list[str]:
@@ -56,6 +88,8 @@ def _templates(templates) -> list[str]:
 
 
 def _cache_dir(cache_dir, no_cache: bool):
+    from keepset.encoders import default_cache_dir
+
     if no_cache:
         return None
     return Path(cache_dir) if cache_dir else default_cache_dir()
@@ -88,8 +122,7 @@ def encoders_for(samples: SampleSet, image_encoder=None, text_encoder=None, *, c
 
     clip_cache: dict = {}
     img_enc = _image_encoder(image_encoder, samples, cache, clip_cache, seed, encoder_epochs, progress)
-    if text_encoder is None and (image_encoder or "").lower().startswith("clip:"):
-        text_encoder = image_encoder
+    _, text_encoder = resolve_encoder_specs(image_encoder, text_encoder)
     txt_enc = load_text_encoder(text_encoder, clip_cache=clip_cache, progress=progress)
     return img_enc, txt_enc
 
@@ -100,6 +133,12 @@ def adapted_embeddings(samples: SampleSet, *, image_encoder=None, text_encoder=N
                        cache_dir=None, no_cache: bool = False, save_adapters_to=None, seed: int = 0,
                        progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Adapted image embeddings [N, d] and adapted class-prompt embeddings [C, d] of ``samples``."""
+    from keepset.encoders import (
+        average_templates, cached_image_embeddings, cached_text_embeddings, class_prompts, load_adapters,
+        save_adapters, train_adapters,
+    )
+    from keepset.encoders.base import hash_strings
+
     cache = _cache_dir(cache_dir, no_cache)
     img_enc, txt_enc = encoders_for(samples, image_encoder, text_encoder, cache=cache, seed=seed,
                                     encoder_epochs=encoder_epochs, progress=progress)
@@ -163,6 +202,8 @@ def score_clip_score(samples: SampleSet, *, image_encoder=None, text_encoder=Non
     """{"clip_score": [N]}: DataComp-style cosine of the raw CLIP image embedding and the sample's caption
     (or, without captions, its label prompt averaged over templates). Needs a CLIP model
     (``--image-encoder clip:PATH``); no adapters."""
+    from keepset.encoders import average_templates, cached_image_embeddings, cached_text_embeddings, class_prompts
+
     if not (image_encoder or "").lower().startswith("clip:"):
         raise ValueError("clip-score compares images and texts in CLIP's own space: pass --image-encoder clip:PATH "
                          "(a local CLIP directory or a hub name in the local cache)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keepset._argtypes import positive_float, positive_int
 from keepset.data import SampleSet
 
 
@@ -13,9 +14,19 @@ def add_arguments(parser) -> None:
     g = parser.add_argument_group("dynamics")
     g.add_argument("--dyn-model", choices=("mlp", "cnn", "linear"), default="mlp",
                    help="dynamics: network trained to record the dynamics")
-    g.add_argument("--dyn-epochs", type=int, default=10, help="dynamics: training epochs")
-    g.add_argument("--dyn-lr", type=float, default=0.05, help="dynamics: SGD learning rate (momentum 0.9)")
-    g.add_argument("--early-epochs", type=int, default=2, help="dynamics: EL2N / GraNd averaged over the first epochs")
+    g.add_argument("--dyn-epochs", type=positive_int, default=10, help="dynamics: training epochs")
+    g.add_argument("--dyn-lr", type=positive_float, default=0.05, help="dynamics: SGD learning rate (momentum 0.9)")
+    g.add_argument("--early-epochs", type=positive_int, default=2,
+                   help="dynamics: EL2N / GraNd averaged over the first epochs")
+
+
+def preflight(method: str, options: dict) -> dict:
+    """Checks before any work (``keepset score`` calls it first)."""
+    early, epochs = options.get("early_epochs", 2), options.get("dyn_epochs", 10)
+    if early > epochs:
+        raise ValueError(f"--early-epochs {early} exceeds --dyn-epochs {epochs}: EL2N / GraNd average the first "
+                         "epochs of the training run; lower --early-epochs or raise --dyn-epochs")
+    return {}
 
 
 def score_dynamics(samples: SampleSet, *, dyn_model: str = "mlp", dyn_epochs: int = 10, dyn_lr: float = 0.05,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keepset._argtypes import fraction_open, positive_int
+
 
 def _add(parser, *flags, **kwargs) -> None:
     """Add a flag unless another selector module already defined it (selectors share one parser)."""
@@ -28,15 +30,17 @@ def add_arguments(parser) -> None:
     """Flags of these selectors; --ratio, --seed (keepset select) and --column, --lowest (the ``top``
     selector's module) are shared and declared there."""
     _add(parser, "--balanced", action="store_true", help="random: keep the same ratio of every class")
-    _add(parser, "--hard-cutoff", dest="hard_cutoff", type=float, default=0.0,
+    _add(parser, "--hard-cutoff", dest="hard_cutoff", type=fraction_open, default=0.0,
          help="ccs: fraction of hardest samples dropped first (beta)")
-    _add(parser, "--strata", type=int, default=50, help="ccs: number of score bins")
+    _add(parser, "--strata", type=positive_int, default=50, help="ccs: number of score bins")
     _add(parser, "--hardest", choices=("high", "low"), default="high",
          help="ccs: whether high (EL2N, forgetting) or low (AUM) scores are hard")
     _add(parser, "--features", default=None,
-         help="moderate/kcenter: .npz with `ids` [N] and `features` [N, d], joined to the table by id")
+         help="moderate/kcenter: .npz with ids [N] and features [N, d], joined to the table by id "
+              "(required by moderate and kcenter)")
     _add(parser, "--expr", default=None,
-         help="expr: e.g. \"top(clip, 0.3) - bottom(mimic, 0.2)\" (& | - ^ ~, top/bottom(COLUMN, RATIO))")
+         help="expr: e.g. \"top(clip, 0.3) - bottom(mimic, 0.2)\" (& | - ^ ~, top/bottom(COLUMN, RATIO)) "
+              "(required by expr)")
 
 
 def _need(options: dict, key: str, flag: str, method: str):

@@ -30,17 +30,17 @@ SELECTORS: dict[str, tuple[str, str, str]] = {
              "set algebra, e.g. --expr \"top(clip, 0.3) - bottom(mimic, 0.2)\""),
 }
 
-#: the ``keepset select`` flags (argparse dests) each selector reads besides --seed; any other method flag
-#: given with that selector is refused rather than ignored
+#: the ``keepset select`` flags (argparse dests) each selector reads; any other method flag (--ratio and --seed
+#: included) given with that selector is refused rather than ignored
 SELECTOR_FLAGS: dict[str, frozenset[str]] = {
     "top": frozenset({"ratio", "column", "lowest"}),
     "stage2": frozenset({"ratio", "dynamics", "binarize", "vote", "unseen"}),
     "clip-powered": frozenset({"ratio", "lam", "beta", "faithful", "sas_column", "sds_column"}),
-    "random": frozenset({"ratio", "balanced"}),
+    "random": frozenset({"ratio", "balanced", "seed"}),
     "balanced": frozenset({"ratio", "column", "lowest"}),
-    "ccs": frozenset({"ratio", "column", "hard_cutoff", "strata", "hardest"}),
+    "ccs": frozenset({"ratio", "column", "hard_cutoff", "strata", "hardest", "seed"}),
     "moderate": frozenset({"ratio", "features"}),
-    "kcenter": frozenset({"ratio", "features"}),
+    "kcenter": frozenset({"ratio", "features", "seed"}),
     "expr": frozenset({"expr"}),
 }
 

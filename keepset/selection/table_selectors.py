@@ -10,9 +10,10 @@ from keepset.selection.topk import select_top
 
 def add_arguments(parser) -> None:
     g = parser.add_argument_group("top / stage2")
-    g.add_argument("--column", help="score column to rank by (method top)")
+    g.add_argument("--column", help="score column to rank by (required by top, balanced and ccs)")
     g.add_argument("--lowest", action="store_true", help="keep the lowest scores instead of the highest")
-    g.add_argument("--dynamics", help="folder of recorded dynamics (method stage2), e.g. out/demo/dynamics/gradmimic")
+    g.add_argument("--dynamics", help="folder of recorded dynamics, e.g. out/demo/dynamics/gradmimic "
+                                      "(required by stage2)")
     g.add_argument("--binarize", choices=("threshold", "kmeans", "gmm"), default="threshold",
                    help="stage2: per-step binarisation (default threshold 1/B on the normed score)")
     g.add_argument("--vote", choices=("majority", "weighted"), default="majority",

@@ -95,7 +95,7 @@ class _Pending:
     """One batch's state between its forward and the end of its backward."""
 
     __slots__ = ("ids", "y", "step", "epoch", "calls", "twice", "deltas", "multiplier", "disabled", "b", "anchor",
-                 "leaves")
+                 "leaves", "swap", "swapped")
 
     def __init__(self, ids, y, step: int, epoch: int):
         self.ids, self.y, self.step, self.epoch = ids, y, step, epoch
@@ -107,6 +107,8 @@ class _Pending:
         self.b = len(ids)
         self.anchor: torch.Tensor | None = None
         self.leaves: list[str] = []
+        self.swap = False  # the scored parameters enter the forward detached; _Finish returns their whole gradient
+        self.swapped: dict[str, list] = {}
 
 
 class _Capture(torch.autograd.Function):
@@ -251,10 +253,12 @@ class GradMimic(OnlineMethod):
 
         self._norm = _Normaliser(model if isinstance(model, DistributedDataParallel) else None)
         self._covered = self._fused_plan(inner) if self.fused else None
+        self._swap_ok = False
         if self._covered is not None:
             mods = dict(inner.named_modules())
             self._modules = {m: mods[m] for m in self._covered}
             self._handles = [mods[m].register_forward_hook(self._hook(m)) for m in self._covered]
+            self._handles += [mods[m].register_forward_pre_hook(self._pre_hook(m)) for m in self._covered]
         return inner
 
     def _fused_plan(self, model: nn.Module):
@@ -282,9 +286,34 @@ class GradMimic(OnlineMethod):
         except Exception:
             pass
 
+    def _pre_hook(self, name: str):
+        """In swap mode, the layer's scored parameters enter this forward as detached tensors (no copy), so the
+        caller's backward does not compute their mean gradient, which the fused step would only replace."""
+        def hook(module, inputs):
+            pending = self._armed
+            if (pending is None or not pending.swap or not torch.is_grad_enabled()
+                    or torch._C._functorch.peek_interpreter_stack() is not None):
+                return None
+            if name in pending.calls:
+                _restore(pending)
+                raise ValueError(f"layer {name!r} ran twice in one forward, after one call per forward in earlier "
+                                 "batches; Grad-Mimic's fused step needs a fixed call structure: pass fused=False")
+            swapped = []
+            for leaf in ("weight", "bias"):
+                param = module._parameters.get(leaf)
+                if param is not None and f"{name}.{leaf}" in pending.leaves:
+                    module._parameters[leaf] = param.detach()
+                    swapped.append((module, leaf, param))
+            pending.swapped[name] = swapped
+            return None
+        return hook
+
     def _hook(self, name: str):
         def hook(module, inputs, output):
             pending = self._armed
+            if pending is not None:
+                for mod, leaf, param in pending.swapped.pop(name, ()):  # the parameters are back at once
+                    mod._parameters[leaf] = param
             if (pending is None or pending.disabled or not torch.is_grad_enabled() or not torch.is_tensor(output)
                     or torch._C._functorch.peek_interpreter_stack() is not None):
                 return None
@@ -293,8 +322,8 @@ class GradMimic(OnlineMethod):
                 return None
             a = inputs[0].detach()
             pending.calls[name] = (a, a._version, output.shape)
-            if not output.requires_grad:
-                return None
+            if not output.requires_grad and not pending.swap:
+                return None  # a frozen layer: no gradient to capture (in swap mode the anchor carries it)
             return _Capture.apply(output, pending.anchor, pending, name)
         return hook
 
@@ -321,6 +350,7 @@ class GradMimic(OnlineMethod):
 
     def _arm(self, inner: nn.Module, ids, y) -> _Pending:
         pending = _Pending(ids, y, self.step, self.epoch)
+        pending.swap = self._swap_ok
         params = dict(inner.named_parameters())
         pending.leaves = self._correction_leaves(params)
         pending.anchor = _Finish.apply(self, pending, *[params[n] for n in pending.leaves])
@@ -366,6 +396,8 @@ class GradMimic(OnlineMethod):
             outputs = model_outputs(call_model(model, x))
         finally:
             self._armed = None
+            if pending is not None:
+                _restore(pending)
             if handle is not None:
                 handle.remove()
         losses = per_sample_losses(self.loss_fn, outputs, y, len(ids))
@@ -383,12 +415,18 @@ class GradMimic(OnlineMethod):
 
     # ------------------------------------------------------------------ internals
     def _check_calls(self, pending: _Pending) -> None:
-        """Disable the fused step for this batch unless every scored layer ran exactly once, unmodified."""
+        """Disable the fused step for this batch unless every scored layer ran exactly once, unmodified.
+        In swap mode the scored parameters took no part in the batch's graph, so a disabled batch is an error."""
         ok = set(pending.calls) == set(self._covered) and not pending.twice
         ok = ok and all(a._version == v and a.shape[0] == pending.b and shape[0] == pending.b
                         for a, v, shape in pending.calls.values())
         if not ok:
             pending.disabled = True
+            if pending.swap:
+                raise ValueError(f"the scored layers did not each run once, unmodified, in this forward "
+                                 f"({self._call_problem(pending) or 'an input modified in place'}), as they did in "
+                                 "earlier batches; Grad-Mimic's fused step needs a fixed call structure: pass "
+                                 "fused=False")
 
     def _call_problem(self, pending: _Pending) -> str:
         missing = sorted(set(self._covered) - set(pending.calls))
@@ -418,7 +456,14 @@ class GradMimic(OnlineMethod):
     def _finish_fused(self, pending: _Pending) -> list:
         """Called inside the backward once every scored layer's output gradient is known."""
         none = [None] * len(pending.leaves)
-        if pending.disabled or pending.multiplier is None or pending.multiplier == 0:
+        if pending.disabled:
+            return none
+        if pending.multiplier is None:
+            if pending.swap:
+                raise ValueError("GradMimic could not read the loss multiplier: backpropagate the loss that "
+                                 "gm.loss returned (scaled or divided as you like)")
+            return none
+        if pending.multiplier == 0:
             return none
         scale = pending.multiplier / pending.b  # delta_seen = scale * delta_i
         layers = {}
@@ -428,16 +473,28 @@ class GradMimic(OnlineMethod):
                 d = torch.zeros(pending.calls[m][2], dtype=a.dtype, device=a.device)
             layers[m] = LayerGrads(self._modules[m], a.float(), d.float() / scale)
         if not all(torch.isfinite(lg.delta).all() for lg in layers.values()):
-            return none  # an overflowing scaled step (GradScaler skips it): nothing to score
+            # an overflowing scaled step: nothing to score; the GradScaler skips it on seeing inf gradients
+            if not pending.swap:
+                return none
+            return self._layer_grads(pending, layers, torch.full((pending.b,), pending.multiplier / pending.b,
+                                                                 device=next(iter(layers.values())).delta.device))
         v = self.direction()
         dots, sq = layer_terms(layers, self._covered, v, self.method == "cos")
         score = scores_from_terms(dots, sq.clamp_min(0).sqrt() if self.method == "cos" else None,
                                   direction_norm(v), self.method)
         normed, w, u = self._weights(score, pending.b)
         self._record(pending.ids, pending.step, pending.epoch, score, normed, w)
+        self._swap_ok = True  # the call structure is known: from the next batch on, skip the mean gradient
+        if pending.swap:  # autograd computed nothing for the scored parameters: return their whole gradient
+            whole = (u + 1.0 / pending.b) if self._active() else torch.full_like(u, 1.0 / pending.b)
+            return self._layer_grads(pending, layers, whole * pending.multiplier)
         if not self._active():
             return none
-        u = u * pending.multiplier  # sum_i u_i g_i = multiplier * sum_i (w_i - 1/B) g_i on one process
+        # sum_i u_i g_i = multiplier * sum_i (w_i - 1/B) g_i on one process: the correction of the mean gradient
+        return self._layer_grads(pending, layers, u * pending.multiplier)
+
+    def _layer_grads(self, pending: _Pending, layers: dict, u: torch.Tensor) -> list:
+        """``sum_i u_i g_i`` for every correctable leaf (in ``pending.leaves`` order)."""
         params = dict(self._model.named_parameters())
         out = {}
         for m, parts in self._covered.items():
@@ -480,6 +537,14 @@ class GradMimic(OnlineMethod):
         corr = torch.autograd.grad((u * losses).sum(), [params[n] for n in leaves], retain_graph=True,
                                    allow_unused=True)
         return losses.mean() + _AddGrads.apply(list(corr), *[params[n] for n in leaves])
+
+
+def _restore(pending: _Pending) -> None:
+    """Put back every parameter a pre-hook swapped for a detached view (a forward that failed half-way)."""
+    for swapped in pending.swapped.values():
+        for mod, leaf, param in swapped:
+            mod._parameters[leaf] = param
+    pending.swapped.clear()
 
 
 def _rank_folder(record_to):

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from keepset.data import add_label_noise, load_spec, split_indices
+from keepset.data import add_label_noise, load_spec, spec_file, split_indices
 from keepset.evaluation import auroc, detection_metrics, quality_error
 from keepset.io import atomic_dir, check_output_dir
 from keepset.recorder import DynamicsRecorder, per_sample
@@ -58,19 +58,31 @@ class DemoConfig:
     overwrite: bool = False
     progress: bool = True
 
-    def options(self) -> FilterOptions:
-        return FilterOptions(setting=self.setting, layers=self.layers, backbone=self.backbone, holdout=self.holdout,
-                             reference_epochs=self.trusted_epochs, epochs=self.epochs, batch_size=self.batch_size,
-                             lr=self.lr, method=self.method, temperature=self.temperature, binarize=self.binarize,
-                             vote=self.vote, seed=self.seed, device=self.device, progress=self.progress).validate()
+    def validate(self, flags: bool = False) -> "DemoConfig":
+        """Check every knob before any work (``flags``: name them by their command-line flags)."""
+        from keepset.data import NOISE_KINDS
+
+        name = (lambda f: "--" + f.replace("_", "-")) if flags else (lambda f: f)
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) \
+                or not (np.isfinite(self.noise) and 0 <= self.noise < 1):
+            raise ValueError(f"{name('noise')} must be in [0, 1), got {self.noise}")
+        if self.noise_kind not in NOISE_KINDS:
+            raise ValueError(f"{name('noise_kind')} must be one of {NOISE_KINDS}, got {self.noise_kind!r}")
+        self.options(validate=False).validate(flags)
+        return self
+
+    def options(self, validate: bool = True) -> FilterOptions:
+        opt = FilterOptions(setting=self.setting, layers=self.layers, backbone=self.backbone, holdout=self.holdout,
+                            reference_epochs=self.trusted_epochs, epochs=self.epochs, batch_size=self.batch_size,
+                            lr=self.lr, method=self.method, temperature=self.temperature, binarize=self.binarize,
+                            vote=self.vote, seed=self.seed, device=self.device, progress=self.progress)
+        return opt.validate() if validate else opt
 
 
 def run_demo(cfg: DemoConfig, log=print) -> dict:
     """Run the demo and write its run folder ``cfg.out`` (whole, atomically). Returns the summary dict."""
     t0 = time.perf_counter()
-    if not (np.isfinite(cfg.noise) and 0 <= cfg.noise < 1):
-        raise ValueError(f"--noise must be in [0, 1), got {cfg.noise}")
-    opt = cfg.options()
+    opt = cfg.validate().options()
     check_output_dir(cfg.out, cfg.overwrite)  # fail before any work, leaving existing outputs untouched
     samples = load_spec(cfg.data)
     k = samples.num_classes
@@ -114,8 +126,10 @@ def run_demo(cfg: DemoConfig, log=print) -> dict:
                                     f"{opt.backbone} fine-tuned from one shared initialisation (reference: trained "
                                     "on the trusted split)")}
         sgd_mean = per_sample(sgd_rec, "mimic", "mean", ids=train_set.ids).astype(np.float32)
+        data_file = spec_file(cfg.data)
         summary = write_run(tmp, result, train_set, data_spec=cfg.data, params=asdict(cfg), t0=t0,
-                            extra_columns={"mimic_sgd_mean": sgd_mean}, extra_summary=extra, method="keepset-demo")
+                            extra_columns={"mimic_sgd_mean": sgd_mean}, extra_summary=extra, method="keepset-demo",
+                            inputs={"data": data_file} if data_file else None)
     return summary
 
 

@@ -67,33 +67,56 @@ class FilterOptions:
     device: str = "cpu"
     progress: bool = True
 
-    def validate(self) -> "FilterOptions":
+    def validate(self, flags: bool = False) -> "FilterOptions":
+        """Check every option before any work; a one-line ValueError names the first bad one.
+
+        flags : name the options by their command-line flags (``--batch-size``) rather than their field names.
+        """
+        def name(field_: str) -> str:
+            return "--" + field_.replace("_", "-") if flags else field_
+
         if self.setting not in SETTINGS:
-            raise ValueError(f"setting must be one of {SETTINGS}, got {self.setting!r}")
+            raise ValueError(f"{name('setting')} must be one of {SETTINGS}, got {self.setting!r}")
         if self.layers is not None and self.setting == "probe":
-            raise ValueError("layers applies to the finetune setting only (the probe setting scores the linear head)")
+            raise ValueError(f"{name('layers')} applies to the finetune setting only (the probe setting scores the "
+                             f"linear head): drop it, or use {name('setting')} finetune")
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+            raise ValueError(f"{name('backbone')} must be one of {BACKBONES}, got {self.backbone!r}")
         if not (isinstance(self.holdout, (int, float)) and np.isfinite(self.holdout) and 0 <= self.holdout < 1):
-            raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if not isinstance(self.reference_epochs, (int, np.integer)) or self.reference_epochs < 0:
-            raise ValueError(f"reference_epochs must be an integer >= 0 (0: automatic), got {self.reference_epochs!r}")
-        if self.lr is not None and not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0 (or None for the normalised step), got {self.lr}")
+            raise ValueError(f"{name('holdout')} must be a fraction in [0, 1), got {self.holdout!r}")
+        for field_ in ("epochs", "batch_size"):
+            v = getattr(self, field_)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name(field_)} must be an integer >= 1, got {v!r}")
+        if isinstance(self.reference_epochs, bool) or not isinstance(self.reference_epochs, (int, np.integer)) \
+                or self.reference_epochs < 0:
+            raise ValueError(f"{name('reference_epochs')} must be an integer >= 0 (0: automatic), "
+                             f"got {self.reference_epochs!r}")
+        if self.lr is not None and not (_real(self.lr) and np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"{name('lr')} must be a finite number > 0 ("
+                             f"{'leave it out' if flags else 'or None'} for the normalised step), got {self.lr!r}")
         if self.method not in ("proj", "cos"):
-            raise ValueError(f"method must be 'proj' or 'cos', got {self.method!r}")
-        if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+            raise ValueError(f"{name('method')} must be 'proj' or 'cos', got {self.method!r}")
+        if not (_real(self.temperature) and np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"{name('temperature')} must be a finite number > 0, got {self.temperature!r}")
         if self.binarize not in BINARIZE_METHODS:
-            raise ValueError(f"binarize must be one of {BINARIZE_METHODS}, got {self.binarize!r}")
+            raise ValueError(f"{name('binarize')} must be one of {BINARIZE_METHODS}, got {self.binarize!r}")
         if self.vote not in VOTES:
-            raise ValueError(f"vote must be one of {VOTES}, got {self.vote!r}")
-        check_device(self.device)
+            raise ValueError(f"{name('vote')} must be one of {VOTES}, got {self.vote!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"{name('seed')} must be an integer >= 0, got {self.seed!r}")
+        try:
+            check_device(self.device)
+        except ValueError as exc:
+            raise ValueError(f"{name('device')}: {exc}" if flags else str(exc)) from None
         return self
+
+
+def _real(x) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    import numbers
+
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 def check_device(device) -> torch.device:
@@ -294,6 +317,32 @@ class FilterConfig:
     overwrite: bool = False
     options: FilterOptions = field(default_factory=FilterOptions)
 
+    def validate(self, flags: bool = False) -> "FilterConfig":
+        """Check the options, the reference sources and the flags a given reference makes meaningless, before
+        any work (``flags``: name them by their command-line flags). The files are read by ``load_inputs``."""
+        def name(field_: str) -> str:
+            return "--" + field_.replace("_", "-") if flags else field_
+
+        self.options.validate(flags)
+        if self.trusted and self.trusted_ids:
+            raise ValueError(f"give either {name('trusted')} SPEC or {name('trusted_ids')} FILE, not both")
+        if not (self.trusted or self.trusted_ids or self.reference):
+            raise ValueError(f"give {name('trusted')} SPEC, {name('trusted_ids')} FILE or {name('reference')} CKPT: "
+                             "Grad-Mimic needs a reference trained on clean data")
+        if self.reference:
+            if self.options.setting == "finetune":
+                raise ValueError(f"{name('setting')} finetune trains model and reference from one shared "
+                                 f"initialisation, which a given {name('reference')} does not have: use "
+                                 f"{name('setting')} probe")
+            # a given reference is used as it is: these options would be ignored
+            defaults = FilterOptions()
+            for field_ in ("backbone", "reference_epochs", "holdout"):
+                if getattr(self.options, field_) != getattr(defaults, field_):
+                    raise ValueError(f"{name(field_)} shapes the reference trained on trusted samples; with "
+                                     f"{name('reference')} the given reference is used as it is (every trusted "
+                                     f"sample checks it): drop {name(field_)}")
+        return self
+
 
 def load_inputs(cfg: FilterConfig) -> tuple[SampleSet, SampleSet | None, nn.Module | None]:
     """The samples to filter, the trusted samples and the reference named by ``cfg`` (validated)."""
@@ -309,7 +358,10 @@ def load_inputs(cfg: FilterConfig) -> tuple[SampleSet, SampleSet | None, nn.Modu
         trusted = load_spec(cfg.trusted)
     elif cfg.trusted_ids:
         ids = read_keep_list(cfg.trusted_ids)
-        pos = samples.positions_of(ids)
+        try:
+            pos = samples.positions_of(ids)
+        except ValueError as exc:
+            raise ValueError(f"--trusted-ids {cfg.trusted_ids}: {exc}") from None
         if len(np.unique(pos)) != len(pos):
             raise ValueError(f"{cfg.trusted_ids} names some ids twice")
         mask = np.zeros(len(samples), bool)
@@ -321,7 +373,7 @@ def load_inputs(cfg: FilterConfig) -> tuple[SampleSet, SampleSet | None, nn.Modu
 def run_filter(cfg: FilterConfig, log=print) -> dict:
     """Validate, filter, and write the run folder ``cfg.out`` (whole, atomically). Returns the summary."""
     t0 = time.perf_counter()
-    opt = cfg.options.validate()
+    opt = cfg.validate().options
     check_output_dir(cfg.out, cfg.overwrite)  # before any work
     samples, trusted, reference = load_inputs(cfg)
     log(f"data {cfg.data}: {len(samples)} samples to filter, {samples.num_classes} classes"
@@ -330,8 +382,18 @@ def run_filter(cfg: FilterConfig, log=print) -> dict:
         result = filter_samples(samples, trusted, reference=reference, options=opt, dynamics_dir=tmp / "dynamics",
                                 log=log)
         summary = write_run(tmp, result, samples, data_spec=cfg.data, params=_params(cfg), t0=t0,
-                            trusted_inside=bool(cfg.trusted_ids))
+                            trusted_inside=bool(cfg.trusted_ids), inputs=input_files(cfg))
     return summary
+
+
+def input_files(cfg: FilterConfig) -> dict:
+    """The files a filter run reads, for the manifest's input hashes: the data and trusted data when their spec
+    names one file, the trusted ids, the reference checkpoint (folders are identified by the data fingerprint)."""
+    from keepset.data import spec_file
+
+    files = {"data": spec_file(cfg.data), "trusted": spec_file(cfg.trusted) if cfg.trusted else None,
+             "trusted_ids": cfg.trusted_ids, "reference": cfg.reference}
+    return {k: v for k, v in files.items() if v}
 
 
 def _params(cfg: FilterConfig) -> dict:
@@ -342,7 +404,7 @@ def _params(cfg: FilterConfig) -> dict:
 
 def write_run(out: Path, result: FilterResult, samples: SampleSet, *, data_spec: str, params: dict, t0: float,
               extra_columns: dict | None = None, extra_summary: dict | None = None,
-              method: str = "keepset-filter", trusted_inside: bool = False) -> dict:
+              method: str = "keepset-filter", trusted_inside: bool = False, inputs: dict | None = None) -> dict:
     """Write a run folder's files into ``out`` (a fresh folder): scores.parquet and keep.npy (the filtered
     samples), trusted.npy (with ``trusted_inside``: the trusted samples came from the same data), summary.json,
     the checkpoints and manifest.json. Returns the summary."""
@@ -391,7 +453,7 @@ def write_run(out: Path, result: FilterResult, samples: SampleSet, *, data_spec:
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json) + "\n")
     write_manifest(out / "manifest.json", method=method, params=params,
-                   data={"spec": data_spec, "fingerprint": samples.fingerprint(), "n": n},
+                   data={"spec": data_spec, "fingerprint": samples.fingerprint(), "n": n}, inputs=inputs,
                    models={"reference": "reference.safetensors", "model": "model.safetensors"},
                    outputs={f: f for f in ("scores.parquet", "keep.npy", "summary.json", "dynamics")})
     return summary

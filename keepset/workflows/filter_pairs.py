@@ -88,37 +88,61 @@ class PairFilterOptions:
     device: str = "cpu"
     progress: bool = True
 
-    def validate(self) -> "PairFilterOptions":
-        for name in ("dim", "epochs", "batch_size", "shuffle_buffer"):
-            v = getattr(self, name)
+    def validate(self, flags: bool = False) -> "PairFilterOptions":
+        """Check every option before any work; a one-line ValueError names the first bad one.
+
+        flags : name the options by their command-line flags (``--batch-size``) rather than their field names.
+        """
+        def name(field_: str) -> str:
+            return "--" + field_.replace("_", "-") if flags else field_
+
+        for field_ in ("dim", "epochs", "batch_size", "shuffle_buffer"):
+            v = getattr(self, field_)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+                raise ValueError(f"{name(field_)} must be an integer >= 1, got {v!r}")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2: a contrastive batch needs negatives, got {self.batch_size}")
+            raise ValueError(f"{name('batch_size')} must be >= 2: a contrastive batch needs negatives, got "
+                             f"{self.batch_size}")
         if self.shuffle_buffer < self.batch_size:
-            raise ValueError(f"shuffle_buffer ({self.shuffle_buffer}) must hold at least one batch ({self.batch_size})")
+            raise ValueError(f"{name('shuffle_buffer')} ({self.shuffle_buffer}) must hold at least one batch "
+                             f"({self.batch_size})")
         try:
             self.text_hidden = tuple(int(h) for h in self.text_hidden)
         except (TypeError, ValueError):
-            raise ValueError(f"text_hidden must be a list of positive widths, got {self.text_hidden!r}") from None
+            raise ValueError(f"{name('text_hidden')} must be a list of positive widths, got "
+                             f"{self.text_hidden!r}") from None
         if any(h < 1 for h in self.text_hidden):
-            raise ValueError(f"text_hidden widths must be positive, got {self.text_hidden}")
-        if not (isinstance(self.holdout, (int, float)) and np.isfinite(self.holdout) and 0 <= self.holdout < 1):
-            raise ValueError(f"holdout must be a fraction in [0, 1), got {self.holdout!r}")
-        if not isinstance(self.reference_epochs, (int, np.integer)) or self.reference_epochs < 0:
-            raise ValueError(f"reference_epochs must be an integer >= 0 (0: automatic), got {self.reference_epochs!r}")
-        if not (isinstance(self.lr, (int, float)) and np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+            raise ValueError(f"{name('text_hidden')} widths must be positive, got {self.text_hidden}")
+        if not (_real(self.holdout) and np.isfinite(self.holdout) and 0 <= self.holdout < 1):
+            raise ValueError(f"{name('holdout')} must be a fraction in [0, 1), got {self.holdout!r}")
+        if isinstance(self.reference_epochs, bool) or not isinstance(self.reference_epochs, (int, np.integer)) \
+                or self.reference_epochs < 0:
+            raise ValueError(f"{name('reference_epochs')} must be an integer >= 0 (0: automatic), "
+                             f"got {self.reference_epochs!r}")
+        if not (_real(self.lr) and np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"{name('lr')} must be a finite number > 0, got {self.lr!r}")
         if self.method not in ("proj", "cos"):
-            raise ValueError(f"method must be 'proj' or 'cos', got {self.method!r}")
-        if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+            raise ValueError(f"{name('method')} must be 'proj' or 'cos', got {self.method!r}")
+        if not (_real(self.temperature) and np.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"{name('temperature')} must be a finite number > 0, got {self.temperature!r}")
         if self.binarize not in BINARIZE_METHODS:
-            raise ValueError(f"binarize must be one of {BINARIZE_METHODS}, got {self.binarize!r}")
+            raise ValueError(f"{name('binarize')} must be one of {BINARIZE_METHODS}, got {self.binarize!r}")
         if self.vote not in VOTES:
-            raise ValueError(f"vote must be one of {VOTES}, got {self.vote!r}")
-        check_device(self.device)
+            raise ValueError(f"{name('vote')} must be one of {VOTES}, got {self.vote!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
+            raise ValueError(f"{name('seed')} must be an integer >= 0, got {self.seed!r}")
+        try:
+            check_device(self.device)
+        except ValueError as exc:
+            raise ValueError(f"{name('device')}: {exc}" if flags else str(exc)) from None
         return self
+
+
+def _real(x) -> bool:
+    """A real number (Python or numpy), not a bool."""
+    import numbers
+
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass
@@ -624,15 +648,31 @@ class PairFilterConfig:
     overwrite: bool = False
     options: PairFilterOptions = field(default_factory=PairFilterOptions)
 
+    def validate(self, flags: bool = False) -> "PairFilterConfig":
+        """Check the options, the reference sources and the flags a given reference makes meaningless, before any
+        work (``flags``: name them by their command-line flags). The files are read by ``load_pair_inputs``."""
+        def name(field_: str) -> str:
+            return "--" + field_.replace("_", "-") if flags else field_
+
+        self.options.validate(flags)
+        if self.trusted and self.trusted_ids:
+            raise ValueError(f"give either {name('trusted')} SPEC or {name('trusted_ids')} FILE, not both")
+        if not (self.trusted or self.trusted_ids or self.reference):
+            raise ValueError(f"give {name('trusted_ids')} FILE, {name('trusted')} SPEC or {name('reference')} CKPT: "
+                             "Grad-Mimic needs a reference trained on clean pairs")
+        if self.reference:
+            defaults = PairFilterOptions()
+            for field_ in ("reference_epochs", "holdout", "dim", "text_hidden"):
+                if getattr(self.options, field_) != getattr(defaults, field_):
+                    raise ValueError(f"{name(field_)} shapes the reference trained on trusted pairs; with "
+                                     f"{name('reference')} the given reference is used as it is (every trusted "
+                                     f"pair checks it): drop {name(field_)}")
+        return self
+
 
 def load_pair_inputs(cfg: PairFilterConfig):
     """(source, trusted ids | trusted source | None, reference | None, its extra, truth | None, embed | None),
     validated before any work."""
-    if cfg.trusted and cfg.trusted_ids:
-        raise ValueError("give either --trusted SPEC or --trusted-ids FILE, not both")
-    if not (cfg.trusted or cfg.trusted_ids or cfg.reference):
-        raise ValueError("give --trusted-ids FILE, --trusted SPEC or --reference CKPT: Grad-Mimic needs a reference "
-                         "trained on clean pairs")
     reference, extra = (load_checkpoint(cfg.reference) if cfg.reference else (None, {}))
     if reference is not None:
         init_of_reference(reference, extra, cfg.reference)
@@ -671,7 +711,7 @@ def load_pair_inputs(cfg: PairFilterConfig):
 def run_filter_pairs(cfg: PairFilterConfig, log=print) -> dict:
     """Validate, filter, and write the run folder ``cfg.out`` (whole, atomically). Returns the summary."""
     t0 = time.perf_counter()
-    opt = cfg.options.validate()
+    opt = cfg.validate().options
     check_output_dir(cfg.out, cfg.overwrite)  # before any work
     source, trusted, reference, extra, truth, embed = load_pair_inputs(cfg)
     n = source.num_pairs()
@@ -681,8 +721,15 @@ def run_filter_pairs(cfg: PairFilterConfig, log=print) -> dict:
                               dynamics_dir=tmp / "dynamics", scores_path=tmp / "scores.parquet", embed=embed,
                               spill_dir=tmp, truth=truth, table_metadata={"data": cfg.data}, log=log)
         summary = write_pair_run(tmp, result, source, data_spec=cfg.data, params=_params(cfg), t0=t0,
-                                 trusted_inside=bool(cfg.trusted_ids), seed=opt.seed)
+                                 trusted_inside=bool(cfg.trusted_ids), seed=opt.seed, inputs=input_files(cfg))
     return summary
+
+
+def input_files(cfg: PairFilterConfig) -> dict:
+    """The files a pair run reads, for the manifest's input hashes (pool folders are identified by the data
+    fingerprint)."""
+    files = {"trusted_ids": cfg.trusted_ids, "reference": cfg.reference, "truth": cfg.truth}
+    return {k: v for k, v in files.items() if v}
 
 
 def _params(cfg: PairFilterConfig) -> dict:
@@ -705,7 +752,7 @@ def is_hex_uid_array(ids: np.ndarray) -> bool:
 
 
 def write_pair_run(out: Path, result: PairFilterResult, source: PairSource, *, data_spec: str, params: dict,
-                   t0: float, trusted_inside: bool, seed: int) -> dict:
+                   t0: float, trusted_inside: bool, seed: int, inputs: dict | None = None) -> dict:
     """Write the run folder's other files into ``out`` (scores.parquet and dynamics/ are already there):
     keep.npy (uids of the filtered pairs Stage 2 keeps), trusted.npy (with ``trusted_inside``),
     keep_datacomp.npy (DataComp's sorted unique ``u8,u8``: the kept pairs and the trusted ones, for its
@@ -749,7 +796,7 @@ def write_pair_run(out: Path, result: PairFilterResult, source: PairSource, *, d
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json) + "\n")
     write_manifest(out / "manifest.json", method="keepset-filter-pairs", params=params,
-                   data={"spec": data_spec, "fingerprint": source.fingerprint(), "n": n},
+                   data={"spec": data_spec, "fingerprint": source.fingerprint(), "n": n}, inputs=inputs,
                    models={"reference": "reference.safetensors", "model": "model.safetensors"},
                    outputs={f: f for f in outputs})
     return summary

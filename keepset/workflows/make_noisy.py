@@ -17,7 +17,7 @@ import numpy as np
 
 from keepset.data import NOISE_KINDS, add_label_noise, load_spec
 from keepset.data.corruption import CORRUPTION_KINDS, corrupt_images
-from keepset.io import atomic_path, check_writable, read_keep_list
+from keepset.io import atomic_files, check_output_file, read_keep_list
 
 
 @dataclass
@@ -34,25 +34,51 @@ class NoisyCopyConfig:
     overwrite: bool = False
 
 
-def make_noisy_copy(cfg: NoisyCopyConfig) -> dict:
-    """Write the noisy copy; returns {"n", "label_noise", "damaged", "untouched", "out"}."""
-    if not (np.isfinite(cfg.noise) and 0 <= cfg.noise < 1):
-        raise ValueError(f"--noise must be in [0, 1), got {cfg.noise}")
-    if cfg.noise_kind not in NOISE_KINDS:
-        raise ValueError(f"--noise-kind must be one of {NOISE_KINDS}, got {cfg.noise_kind!r}")
-    if cfg.damage is not None and cfg.damage not in CORRUPTION_KINDS:
-        raise ValueError(f"--damage must be one of {CORRUPTION_KINDS}, got {cfg.damage!r}")
-    if cfg.damage is None and cfg.damage_fraction:
-        raise ValueError("--damage-fraction needs --damage KIND")
-    if cfg.noise == 0 and not cfg.damage_fraction:
-        raise ValueError("nothing to corrupt: give --noise RATE and / or --damage KIND --damage-fraction F")
-    if not str(cfg.out).endswith(".npz"):
-        raise ValueError(f"--out must name an .npz file, got {cfg.out!r}")
-    check_writable(cfg.out, cfg.overwrite)
+    def validate(self) -> "NoisyCopyConfig":
+        """Every check before any work (messages name the command-line flags)."""
+        if isinstance(self.noise, bool) or not isinstance(self.noise, (int, float)) \
+                or not (np.isfinite(self.noise) and 0 <= self.noise < 1):
+            raise ValueError(f"--noise must be in [0, 1), got {self.noise}")
+        if self.noise_kind not in NOISE_KINDS:
+            raise ValueError(f"--noise-kind must be one of {NOISE_KINDS}, got {self.noise_kind!r}")
+        if self.damage is not None and self.damage not in CORRUPTION_KINDS:
+            raise ValueError(f"--damage must be one of {CORRUPTION_KINDS}, got {self.damage!r}")
+        if not (isinstance(self.damage_fraction, (int, float)) and np.isfinite(self.damage_fraction)
+                and 0 <= self.damage_fraction <= 1):
+            raise ValueError(f"--damage-fraction must be in [0, 1], got {self.damage_fraction}")
+        if self.damage is None and self.damage_fraction:
+            raise ValueError("--damage-fraction needs --damage KIND")
+        if self.damage is None and self.damage_severity != 3:
+            raise ValueError("--damage-severity applies to --damage KIND only: drop it (it would be ignored), or "
+                             "give --damage")
+        if not isinstance(self.damage_severity, int) or not 1 <= self.damage_severity <= 5:
+            raise ValueError(f"--damage-severity must be an integer from 1 to 5, got {self.damage_severity!r}")
+        if self.noise == 0 and not self.damage_fraction:
+            raise ValueError("nothing to corrupt: give --noise RATE and / or --damage KIND --damage-fraction F")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        if not str(self.out).endswith(".npz"):
+            raise ValueError(f"--out must name an .npz file, got {self.out!r}")
+        check_output_file(self.out, self.overwrite)
+        if self.exclude_ids and not Path(self.exclude_ids).is_file():
+            raise FileNotFoundError(f"--exclude-ids {self.exclude_ids}: no such file")
+        return self
+
+
+def make_noisy_copy(cfg: NoisyCopyConfig, manifest: bool = False) -> dict:
+    """Write the noisy copy; returns {"n", "label_noise", "damaged", "untouched", "out"}.
+
+    manifest : also write ``OUT.manifest.json`` (inputs and the copy with their hashes); the two are written
+        together or not at all.
+    """
+    cfg.validate()
     samples = load_spec(cfg.data)
     free = np.ones(len(samples), bool)
     if cfg.exclude_ids:
-        free[samples.positions_of(read_keep_list(cfg.exclude_ids))] = False
+        try:
+            free[samples.positions_of(read_keep_list(cfg.exclude_ids))] = False
+        except ValueError as exc:
+            raise ValueError(f"--exclude-ids {cfg.exclude_ids}: {exc}") from None
     pos = np.flatnonzero(free)
     labels = samples.labels.copy()
     noisy, flipped = add_label_noise(labels[pos], cfg.noise, cfg.noise_kind, samples.num_classes, cfg.seed)
@@ -71,8 +97,20 @@ def make_noisy_copy(cfg: NoisyCopyConfig) -> dict:
     arrays = {("images" if x.ndim == 4 else "features"): x, "labels": labels, "ids": samples.ids,
               "class_names": np.asarray(samples.class_names), "true_labels": samples.labels,
               "corrupted": corrupted | damaged}
-    with atomic_path(cfg.out, cfg.overwrite) as tmp:
-        with open(tmp, "wb") as fh:
+    out = Path(cfg.out)
+    manifest_path = out.with_name(out.name + ".manifest.json")
+    with atomic_files([out] + ([manifest_path] if manifest else []), cfg.overwrite) as tmp:
+        with open(tmp / out.name, "wb") as fh:
             np.savez(fh, **arrays)
+        if manifest:
+            from dataclasses import asdict
+
+            from keepset.data import spec_file
+            from keepset.io import write_manifest
+
+            inputs = {"data": spec_file(cfg.data), "exclude_ids": cfg.exclude_ids}
+            write_manifest(tmp / manifest_path.name, method="keepset-make-noisy", params=asdict(cfg),
+                           data={"spec": cfg.data, "fingerprint": samples.fingerprint(), "n": len(samples)},
+                           inputs={k: v for k, v in inputs.items() if v}, outputs={"copy": out.name})
     return {"n": len(samples), "label_noise": int(corrupted.sum()), "damaged": int(damaged.sum()),
             "untouched": int((~free).sum()), "out": str(Path(cfg.out))}

@@ -166,40 +166,71 @@ class MakePoolConfig:
 
 # ---------------------------------------------------------------- validation and output folder
 
-def _check_config(cfg: MakePoolConfig) -> dict[str, float]:
+_FLAGS = {"swapped": "swap", "unrelated": "unrelated", "damaged": "damaged", "duplicate": "duplicates"}
+
+
+def _check_config(cfg: MakePoolConfig, flags: bool = False) -> dict[str, float]:
+    """The corruption fractions, after checking every knob (``flags``: name them by their command-line flags)."""
+    def name(field_: str) -> str:
+        return "--" + field_.replace("_", "-") if flags else field_
+
     fractions = {"swapped": cfg.swap, "unrelated": cfg.unrelated, "damaged": cfg.damaged,
                  "duplicate": cfg.duplicates}
-    for name, f in fractions.items():
+    for what, f in fractions.items():
+        flag = f" ({name(_FLAGS[what])})" if flags else ""
         try:
             f = float(f)
         except (TypeError, ValueError):
-            raise ValueError(f"the {name} fraction must be a number in [0, 1], got {f!r}") from None
+            raise ValueError(f"the {what} fraction must be a number in [0, 1]{flag}, got {f!r}") from None
         if not math.isfinite(f) or not 0.0 <= f <= 1.0:
-            raise ValueError(f"the {name} fraction must be in [0, 1], got {f!r}")
-        fractions[name] = f
+            raise ValueError(f"the {what} fraction must be in [0, 1]{flag}, got {f!r}")
+        fractions[what] = f
     if sum(fractions.values()) > 1.0 + 1e-9:
         raise ValueError(f"the corruption fractions add up to {sum(fractions.values()):.3g} > 1; the corrupted "
                          "sets are disjoint, so lower them")
     if fractions["duplicate"] > 0 and sum(fractions.values()) >= 1.0:
         raise ValueError("near-duplicates copy clean pairs, so the fractions must leave some pairs clean")
-    if not isinstance(cfg.shard_size, int) or cfg.shard_size < 1:
-        raise ValueError(f"shard_size must be a positive integer, got {cfg.shard_size!r}")
-    if cfg.n is not None and (not isinstance(cfg.n, int) or cfg.n < 2):
-        raise ValueError(f"n must be an integer >= 2 (pairs in the pool), got {cfg.n!r}")
+    if isinstance(cfg.shard_size, bool) or not isinstance(cfg.shard_size, int) or cfg.shard_size < 1:
+        raise ValueError(f"{name('shard_size')} must be a positive integer, got {cfg.shard_size!r}")
+    if cfg.n is not None and (isinstance(cfg.n, bool) or not isinstance(cfg.n, int) or cfg.n < 2):
+        raise ValueError(f"{name('n')} must be an integer >= 2 (pairs in the pool), got {cfg.n!r}")
     if cfg.damage_kind not in CORRUPTION_KINDS:
-        raise ValueError(f"unknown damage kind {cfg.damage_kind!r}; choose one of {CORRUPTION_KINDS}")
+        raise ValueError(f"unknown damage kind {cfg.damage_kind!r} ({name('damage_kind')}); choose one of "
+                         f"{CORRUPTION_KINDS}")
     if not isinstance(cfg.damage_severity, int) or not 1 <= cfg.damage_severity <= 5:
-        raise ValueError(f"damage severity must be an integer from 1 to 5, got {cfg.damage_severity!r}")
-    if not 0.0 < float(cfg.encoder_fraction) < 1.0:
-        raise ValueError(f"encoder_fraction must be in (0, 1), got {cfg.encoder_fraction!r}")
+        raise ValueError(f"damage severity must be an integer from 1 to 5 ({name('damage_severity')}), "
+                         f"got {cfg.damage_severity!r}")
+    try:
+        encoder_fraction = float(cfg.encoder_fraction)
+    except (TypeError, ValueError):
+        encoder_fraction = math.nan
+    if not 0.0 < encoder_fraction < 1.0:
+        raise ValueError(f"{name('encoder_fraction')} must be in (0, 1), got {cfg.encoder_fraction!r}")
     if cfg.encoder_arch not in (None, "mlp", "cnn"):
-        raise ValueError(f"encoder_arch must be 'mlp' or 'cnn', got {cfg.encoder_arch!r}")
-    if cfg.encoder_epochs is not None and (not isinstance(cfg.encoder_epochs, int) or cfg.encoder_epochs < 1):
-        raise ValueError(f"encoder_epochs must be a positive integer, got {cfg.encoder_epochs!r}")
+        raise ValueError(f"{name('encoder_arch')} must be 'mlp' or 'cnn', got {cfg.encoder_arch!r}")
+    if cfg.encoder_epochs is not None and (isinstance(cfg.encoder_epochs, bool) or
+                                           not isinstance(cfg.encoder_epochs, int) or cfg.encoder_epochs < 1):
+        raise ValueError(f"{name('encoder_epochs')} must be a positive integer, got {cfg.encoder_epochs!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ValueError(f"{name('seed')} must be an integer >= 0, got {cfg.seed!r}")
     return fractions
 
 
+def validate_config(cfg: MakePoolConfig, flags: bool = False) -> MakePoolConfig:
+    """Every check ``make_pool`` makes before any work: the knobs, the output folder and the text encoder (its
+    optional package and files, without loading it)."""
+    from keepset.encoders.spec import check_text_encoder
+
+    _check_config(cfg, flags)
+    out = Path(cfg.out).expanduser()
+    _check_out(out, cfg.overwrite)
+    check_text_encoder(cfg.text_encoder)
+    return cfg
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
+    from keepset.io.atomic import check_output_dir
+
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out} exists and is a file; give a folder path for the pool")
     if out.exists() and not overwrite:
@@ -208,6 +239,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not (out / "pool.json").exists():
         raise ValueError(f"{out} exists and is not a keepset pool (no pool.json); refusing to replace it even "
                          "with --overwrite: choose an empty or new folder")
+    check_output_dir(out, overwrite=True)  # a valid UTF-8 name under a writable folder
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -319,8 +351,12 @@ def train_image_tower(x: np.ndarray, y: np.ndarray, num_classes: int, *, arch: s
 
 # ---------------------------------------------------------------- the workflow
 
-def make_pool(cfg: MakePoolConfig, log=print) -> dict:
-    """Build the pool ``cfg`` describes in ``cfg.out``; return the summary written to ``pool.json``."""
+def make_pool(cfg: MakePoolConfig, log=print, manifest: bool = False) -> dict:
+    """Build the pool ``cfg`` describes in ``cfg.out``; return the summary written to ``pool.json``.
+
+    manifest : also write ``manifest.json`` into the pool (command line, versions, input and output hashes);
+        every other file of the pool is the same bytes for the same config.
+    """
     from keepset.encoders.spec import load_text_encoder
 
     t0 = time.perf_counter()
@@ -478,6 +514,20 @@ def make_pool(cfg: MakePoolConfig, log=print) -> dict:
         }
         (tmp / "pool.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n",
                                        encoding="utf-8")
+        if manifest:
+            from dataclasses import asdict
+
+            from keepset.data import spec_file
+            from keepset.io.manifest import write_manifest
+
+            written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+            write_manifest(tmp / "manifest.json", method="keepset-make-pool", params=asdict(cfg),
+                           data={"spec": cfg.data, "fingerprint": samples.fingerprint(), "n": len(samples)},
+                           inputs={"data": spec_file(cfg.data)} if spec_file(cfg.data) else None,
+                           models={"image_tower": "image_tower.safetensors",
+                                   "text_encoder": {"name": text_encoder.name,
+                                                    "fingerprint": text_encoder.fingerprint}},
+                           outputs={f: f for f in written})
         _install(tmp, out)
     finally:
         if tmp.exists():
