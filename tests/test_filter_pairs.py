@@ -426,3 +426,30 @@ def test_image_text_bench_tiny_run_writes_json_and_resumes(tmp_path, monkeypatch
     assert image_text.main([*argv[:-3], "--dim", "8", "--out", str(out), "--no-progress"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("keepset bench image-text: error:") and "another configuration" in line
+
+
+@needs_minilm
+def test_datacomp_score_columns_are_carried_by_uid(pool, tmp_path):
+    """A pool that ships DataComp's clip_b32_similarity_score keeps it in the table, joined by uid."""
+    import keepset
+    from keepset.data.pairs import load_pairs
+
+    d, out, truth, trusted = pool
+    folder = tmp_path / "dc"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    given = {}
+    for f in sorted((d / "pool" / "datacomp").iterdir()):
+        if f.suffix == ".npz":
+            (folder / f.name).write_bytes(f.read_bytes())
+            continue
+        t = pq.read_table(f)
+        s = rng.random(t.num_rows).astype(np.float32)
+        given.update(zip(t.column("uid").to_pylist(), s.tolist()))
+        pq.write_table(t.append_column("clip_b32_similarity_score", pa.array(s)), folder / f.name)
+    result = keepset.filter_pairs(load_pairs(f"datacomp:{folder}"), trusted, scores_path=tmp_path / "s.parquet",
+                                  options=keepset.PairFilterOptions(batch_size=64, dim=16, epochs=1, sas=False,
+                                                                    progress=False), log=lambda *a: None)
+    table = pq.read_table(tmp_path / "s.parquet").to_pandas()
+    assert np.allclose(table.clip_b32_similarity_score, [given[u] for u in table.id])
+    assert np.allclose(result.columns["clip_b32_similarity_score"], [given[u] for u in result.ids])
