@@ -349,15 +349,6 @@ def _gather(chunks: Sequence[PairChunk], ids: np.ndarray) -> PairChunk:
     return PairChunk(ids, img, txt)
 
 
-def _recall_at_1(probe: nn.Module, image_emb: np.ndarray, text_emb: np.ndarray) -> float:
-    """Text-to-image recall@1 of ``probe`` among the given pairs (each caption's own image ranked first)."""
-    with torch.no_grad():
-        device = next(probe.parameters()).device
-        zi, zt = probe(torch.from_numpy(image_emb).to(device), torch.from_numpy(text_emb).to(device))[:2]
-        sim = torch.nn.functional.normalize(zt, dim=1) @ torch.nn.functional.normalize(zi, dim=1).t()
-        return float((sim.argmax(1).cpu() == torch.arange(len(sim))).float().mean())
-
-
 def filter_pairs(source: PairSource, trusted=None, *, reference: nn.Module | None = None,
                  reference_extra: dict | None = None, options: PairFilterOptions | None = None,
                  dynamics_dir: str | Path | None = None, scores_path: str | Path | None = None,
@@ -592,7 +583,9 @@ def _filter_pairs(source, trusted, reference, reference_extra, options, dynamics
         check = quality_above_clean_quantile(clip_score, held_scores, CHECK_PERCENTILE)
         quality["clip_check"] = check["estimate"]
         quality["clip_check_threshold"] = check["threshold"]
-        quality["reference_holdout_recall_at_1"] = _recall_at_1(reference, held.image_emb, held.text_emb)
+        from keepset.evaluation.pairs import recall_at_k
+
+        quality["reference_holdout_recall_at_1"] = recall_at_k(reference, held.image_emb, held.text_emb, 1)
         if len(held) < 100 / CHECK_PERCENTILE:
             warnings.append(f"only {len(held)} held-out trusted pairs: the {CHECK_PERCENTILE:g}th percentile of their "
                             "scores, and the quality check built on it, are rough")
