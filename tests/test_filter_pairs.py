@@ -453,3 +453,27 @@ def test_datacomp_score_columns_are_carried_by_uid(pool, tmp_path):
     table = pq.read_table(tmp_path / "s.parquet").to_pandas()
     assert np.allclose(table.clip_b32_similarity_score, [given[u] for u in table.id])
     assert np.allclose(result.columns["clip_b32_similarity_score"], [given[u] for u in result.ids])
+
+
+def test_zero_shot_accuracy_and_recall_by_hand():
+    import torch
+
+    from keepset.evaluation.pairs import recall_at_k, zero_shot_accuracy
+    from keepset.models import TwoTowerProbe
+    from keepset.scoring.pairs import pair_cosines
+
+    probe = TwoTowerProbe(2, 2, 2)
+    with torch.no_grad():                       # identity projections: the probe's space is the input space
+        probe.image_proj.weight.copy_(torch.eye(2))
+        probe.text_proj.weight.copy_(torch.eye(2))
+    img = np.array([[1, 0], [0, 1], [1, 1], [-1, 0.1]], np.float32)
+    prompts = np.array([[1, 0], [0, 1]], np.float32)
+    # nearest prompt by cosine: 0, 1, tie (argmax -> 0), 0 is at -1, 1 at 0.1 -> 1
+    assert zero_shot_accuracy(probe, img, [0, 1, 0, 1], prompts) == 1.0
+    assert zero_shot_accuracy(probe, img, [1, 1, 1, 1], prompts) == 0.5
+    txt = np.array([[1, 0.1], [0, 1], [1, 1.2], [1, 0]], np.float32)   # caption 3 is nearest image 0, not its own
+    assert recall_at_k(probe, img, txt, 1) == 0.75
+    assert recall_at_k(probe, img, txt, 4) == 1.0
+    cos = pair_cosines(probe, img, txt)
+    expected = (img * txt).sum(1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
+    assert np.allclose(cos, expected, atol=1e-6)
