@@ -5,6 +5,7 @@ The public API, loaded on first use (``import keepset`` itself imports neither t
 - ``GradMimic``: Grad-Mimic for any PyTorch training loop (``gm.loss(model, x, y, ids)``).
 - ``mimic_scores``: the Mimic Score of every sample of a batch.
 - ``filter_samples``: the ``keepset filter`` workflow on a ``SampleSet`` (Stage 1 + 2, quality check).
+- ``filter_pairs``: the same on an image-text pool (``keepset.data.pairs.load_pairs``) by contrastive probing.
 - ``DynamicsRecorder``, ``stage2_filter``, ``estimate_quality``: recorded dynamics and the Stage 2 filter.
 - ``SampleSet``, ``load_spec``, ``add_label_noise``: data; ``clip_select``, ``select_top``: selection.
 - ``issues``: the issues table of a run folder (one row per sample, worst first; like cleanlab's Datalab).
@@ -19,6 +20,8 @@ _EXPORTS = {
     "MIMIC_METHODS": "keepset.models.mimic",
     "filter_samples": "keepset.workflows.filter",
     "FilterOptions": "keepset.workflows.filter",
+    "filter_pairs": "keepset.workflows.filter_pairs",
+    "PairFilterOptions": "keepset.workflows.filter_pairs",
     "DynamicsRecorder": "keepset.recorder.log",
     "stage2_filter": "keepset.selection.stage2",
     "estimate_quality": "keepset.selection.stage2",

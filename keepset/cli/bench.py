@@ -18,6 +18,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sds-knn": ("keepset.bench.sds_knn", "time of the exact same-label kNN behind SDS at scale"),
     "stage2-scale": ("keepset.bench.stage2_scale", "Stage 2 out of core: time and peak memory on 10^7 records"),
     "coupled": ("keepset.bench.coupled", "Mimic Score terms under CLIP's loss: closed form vs jvp vs per-pair loop"),
+    "image-text": ("keepset.bench.image_text", "image-text pairs: Mimic Score vs clip score vs SAS, train-on-subset, "
+                                               "steps to plain training's loss"),
     "report-scale": ("keepset.bench.report_scale", "time of keepset report on a synthetic 100,000-sample run"),
 }
 
