@@ -10,8 +10,10 @@ search (VmHWM, reset after the data was generated; it includes the N x d data it
 measured on ``--sample`` random query rows: their exact neighbours (``same_label_knn(..., rows=...)``)
 against each method's, as recall@(K-1) (the fraction of the true K-1 neighbours found) and as the Spearman
 rank correlation of SDS (the mean distance to the K-1 neighbours) over those rows. Above ``--exact-max``
-rows the full exact search is not run: its time is then *estimated* from the timed exact search of the
-sampled rows (time per query x N), and the table says so.
+rows the full exact search is not run: its time is then *estimated*, quadratically from the largest N
+searched exactly in the same run (each class grows by N / N0 and exact search is quadratic in the class
+size), or, with none, from the timed exact search of the sampled rows (time per query x N; measured ~3x
+pessimistic at N = 300,000); the table says "(estimate)".
 
 Methods: ``exact``, ``ivf`` (keepset's inverted file searched with matrix products), ``hnsw`` (faiss
 HNSW), ``faiss-ivf`` (faiss ``IndexIVFFlat`` with the same cells and probes, for comparison).
@@ -58,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest N searched exactly in full; above, the exact time is estimated (300000)")
     parser.add_argument("--sample", type=int, default=2000, help="query rows for recall and rank correlation (2000)")
     parser.add_argument("--nlist", type=int, default=None, help="ivf / faiss-ivf cells per class (sqrt(class size))")
-    parser.add_argument("--nprobe", type=int, default=None, help="ivf / faiss-ivf cells probed (knn.DEFAULT_NPROBE)")
+    parser.add_argument("--nprobe", type=int, default=None, help="ivf / faiss-ivf cells probed (knn.default_nprobe)")
     parser.add_argument("--ef-search", type=int, default=None, help="hnsw search beam (knn.DEFAULT_EF_SEARCH)")
     parser.add_argument("--threads", type=int, default=2, help="torch and faiss threads (2)")
     parser.add_argument("--seed", type=int, default=0)
@@ -133,11 +135,12 @@ def _peak_mb() -> float:
 
 def faiss_ivf_knn(x, labels, k: int, *, nlist=None, nprobe=None, seed: int = 0, threads: int = 1,
                   chunk_rows: int = 4096):
-    """faiss ``IndexIVFFlat`` per class (cells round(sqrt(n)), seeded k-means on 32 rows per cell, 10
-    iterations, as keepset's "ivf"), the row itself dropped by position. Returns positions int64 [N, k-1]."""
+    """faiss ``IndexIVFFlat`` per class with keepset's "ivf" settings (cells round(sqrt(n)), probes
+    ``default_nprobe``, seeded k-means on 32 rows per cell, 10 iterations; classes of at most
+    ``APPROX_EXACT_MAX`` rows exact), the row itself dropped by position. Returns positions int64 [N, k-1]."""
     import faiss
 
-    from keepset.scoring.knn import APPROX_EXACT_MAX, DEFAULT_NPROBE, same_label_knn
+    from keepset.scoring.knn import APPROX_EXACT_MAX, default_nprobe, same_label_knn
 
     faiss.omp_set_num_threads(threads)
     out = np.full((len(x), k - 1), -1, dtype=np.int64)
@@ -156,7 +159,7 @@ def faiss_ivf_knn(x, labels, k: int, *, nlist=None, nprobe=None, seed: int = 0, 
         index.cp.min_points_per_centroid = 1
         index.train(xc)
         index.add(xc)
-        index.nprobe = min(cells, nprobe or DEFAULT_NPROBE)
+        index.nprobe = min(cells, nprobe or default_nprobe(len(pos), cells))
         for a in range(0, len(pos), chunk_rows):
             _, ids = index.search(xc[a:a + chunk_rows], kk + 1)
             own = np.arange(a, a + len(ids))[:, None]
@@ -285,9 +288,18 @@ def run(args) -> int:
         print(f"N = {n:,}: exact search of {len(rows)} sampled rows {ref['seconds']:.1f} s", flush=True)
         for method in args.methods:
             if method == "exact" and n > args.exact_max:
-                row = {"method": "exact", "seconds": ref["seconds"] * n / len(rows), "estimated": True,
-                       "cpu_seconds": ref["cpu_seconds"] * n / len(rows),
+                timed = [r for r in results if r["method"] == "exact" and not r.get("estimated")]
+                if timed:  # quadratic: every class grows by n / n0 (same number of classes)
+                    base_row = max(timed, key=lambda r: r["n"])
+                    f = (n / base_row["n"]) ** 2
+                    est = {"seconds": base_row["seconds"] * f, "cpu_seconds": base_row["cpu_seconds"] * f,
+                           "estimate_basis": f"(N / {base_row['n']})^2 x the exact search timed at N = {base_row['n']}"}
+                else:
+                    est = {"seconds": ref["seconds"] * n / len(rows), "cpu_seconds": ref["cpu_seconds"] * n / len(rows),
+                           "estimate_basis": f"N / {len(rows)} x the exact search of the sampled rows"}
+                row = {"method": "exact", "estimated": True, **est,
                        "peak_mb": None, "recall": 1.0, "spearman_sds": 1.0, "sds_max_rel_err": 0.0}
+                print(f"exact at N = {n:,} not run (> --exact-max): time estimated as {est['estimate_basis']}")
             else:
                 out = _launch({**base, "method": method}, args.in_process)
                 row = {"method": method, "seconds": out["seconds"], "cpu_seconds": out["cpu_seconds"],
@@ -295,19 +307,19 @@ def run(args) -> int:
                        "peak_isolated": out["peak_isolated"] and not args.in_process,
                        **compare(out["positions"], out["distances"], ref["positions"], ref["distances"])}
             row.update({"n": n, "classes": n_classes, "data_mb": ref["data_mb"], "sample": len(rows)})
-            if method == "exact":  # the extrapolation, also where the full search was timed (to check it)
-                row["extrapolated_seconds"] = ref["seconds"] * n / len(rows)
-                row["extrapolated_cpu_seconds"] = ref["cpu_seconds"] * n / len(rows)
+            if method == "exact" and not row.get("estimated"):  # the sampled rows' extrapolation, for comparison
+                row["sample_extrapolated_seconds"] = ref["seconds"] * n / len(rows)
             results.append(row)
             print(format_table([row]).splitlines()[-1], flush=True)
     machine_after = _machine()
     print()
     print(format_table(results))
-    print(f"\nwall: elapsed time of the search; CPU: its process CPU time over all threads (what a quiet machine "
-          f"needs divided by the threads, at best); recall and SDS Spearman on {min(args.sample, min(sizes))}+ random query rows per N against their exact "
-          f"neighbours; '(estimate)': exact time extrapolated from the sampled rows (time per query x N); peak RSS "
-          f"is the search's subprocess high-water mark incl. the data. Load average before {machine_before['loadavg']}, "
-          f"after {machine_after['loadavg']} ({machine_before['cpus']} CPUs).")
+    print(f"\nwall: elapsed time of the search; CPU: its process CPU time over all threads (a quiet machine needs "
+          f"about CPU / threads); recall@K-1 and SDS Spearman on {min(args.sample, min(sizes))} random query rows "
+          f"per N against their exact neighbours; '(estimate)': exact search not run, its time extrapolated "
+          f"(quadratically from the largest N timed, else from the sampled rows: the JSON's estimate_basis); peak "
+          f"RSS: the search subprocess's high-water mark, data included. Load average before "
+          f"{machine_before['loadavg']}, after {machine_after['loadavg']} ({machine_before['cpus']} CPUs).")
     if args.json is not None:
         record = {"config": {k: v for k, v in vars(args).items() if k not in ("json", "child", "overwrite")},
                   "machine_before": machine_before, "machine_after": machine_after, "rows": results}
