@@ -458,7 +458,7 @@ def test_score_records_the_encoders_the_defaults_resolve_to(tmp_path, monkeypatc
     ("cleanlab", ["bench", "detection", "--no-plots", "--methods", "loss", "cleanlab"], "peers"),
     ("matplotlib", ["bench", "pruning", "--seeds", "1"], "plots"),
     ("pandas", ["report", "RUN"], "report"),
-    ("faiss", ["bench", "sds-knn", "--backend", "faiss", "--n", "100"], "knn"),
+    ("faiss", ["bench", "sds-knn", "--methods", "hnsw", "--sizes", "100"], "knn"),
 ])
 def test_a_missing_optional_package_is_named_with_its_extra_before_any_work(demo_run, tmp_path, monkeypatch,
                                                                             capsys, missing, argv, extra):

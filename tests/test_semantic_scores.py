@@ -160,3 +160,46 @@ def test_prompts_and_template_average():
         class_prompts(["cat"], ["no slot"])
     emb = np.array([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0], [1.0, 0.0]])
     assert np.allclose(average_templates(emb, 2), [[0.5, 0.5], [1.0, 0.0]])
+
+
+def test_sds_knn_auto_is_exact_at_todays_sizes_and_ivf_tracks_exact():
+    from scipy.stats import spearmanr
+
+    from keepset.scoring.knn import APPROX_EXACT_MAX, AUTO_EXACT_MAX
+
+    rng = np.random.default_rng(4)
+    centres = rng.normal(scale=4.0, size=(40, 16))
+    emb = (centres[rng.integers(0, 40, 2400)] + rng.normal(size=(2400, 16))).astype(np.float32)
+    labels = np.arange(2400) % 3  # classes of 800 <= AUTO_EXACT_MAX: "auto" (the default) is the exact search
+    assert 800 <= AUTO_EXACT_MAX
+    exact = sample_diversity_scores(emb, labels, 10, knn="exact")
+    assert sample_diversity_scores(emb, labels, 10).tobytes() == exact.tobytes()
+    assert np.allclose(exact, _sds_sklearn(emb, labels, 10), atol=1e-4)
+    # one class above APPROX_EXACT_MAX: the inverted file's SDS ranks the samples as the exact one does
+    big = (centres[rng.integers(0, 40, APPROX_EXACT_MAX + 1500)]
+           + rng.normal(size=(APPROX_EXACT_MAX + 1500, 16))).astype(np.float32)
+    one = np.zeros(len(big), dtype=np.int64)
+    ivf = sample_diversity_scores(big, one, 10, knn="ivf", seed=3)
+    ref = sample_diversity_scores(big, one, 10, knn="exact")
+    assert spearmanr(ivf, ref)[0] >= 0.99 and np.all(ivf >= ref - 1e-4)  # approximate neighbours are never nearer
+
+
+def test_sds_duplicate_is_a_neighbour_at_zero():
+    emb = np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]], dtype=np.float32)
+    assert np.array_equal(sample_diversity_scores(emb, [0, 0, 0], k=3, knn="exact"), [2.5, 2.5, 5.0])
+    with pytest.raises(ValueError, match="unknown kNN method"):
+        sample_diversity_scores(emb, [0, 0, 0], k=3, knn="annoy")
+
+
+def test_cli_knn_flag_is_read_by_sds_only(tmp_path, capsys):
+    from keepset.cli.main import build_parser, main
+    from keepset.cli.score import _method_options
+
+    out = tmp_path / "s.parquet"
+    assert main(["score", "--data", "digits", "--method", "sas", "--knn", "ivf", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--knn does not apply to --method sas" in err and "sds and clip-powered" in err and not out.exists()
+    for method in ("sds", "clip-powered"):
+        args = build_parser().parse_args(["score", "--data", "digits", "--method", method, "--knn", "ivf",
+                                          "--out", str(out)])
+        assert _method_options(args)["knn"] == "ivf"

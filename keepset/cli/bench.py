@@ -15,7 +15,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "pruning": ("keepset.bench.pruning", "train-on-subset accuracy by every method and ratio"),
     "online": ("keepset.bench.online", "online re-weighting: SGD vs Grad-Mimic vs RHO-loss vs GraNd"),
     "sas-detection": ("keepset.bench.sas_detection", "SAS alone as a mislabel detector"),
-    "sds-knn": ("keepset.bench.sds_knn", "time of the exact same-label kNN behind SDS at scale"),
+    "sds-knn": ("keepset.bench.sds_knn", "SDS at scale: exact vs approximate same-label kNN (time, recall, memory)"),
     "stage2-scale": ("keepset.bench.stage2_scale", "Stage 2 out of core: time and peak memory on 10^7 records"),
     "coupled": ("keepset.bench.coupled", "Mimic Score terms under CLIP's loss: closed form vs jvp vs per-pair loop"),
     "image-text": ("keepset.bench.image_text", "image-text pairs: Mimic Score vs clip score vs SAS, train-on-subset, "

@@ -19,6 +19,7 @@ import numpy as np
 from keepset._argtypes import int_at_least, positive_float, positive_int
 from keepset.data import SampleSet
 from keepset.encoders.spec import IMAGE_SPEC_HELP, TEXT_SPEC_HELP, check_encoder_specs, resolve_encoder_specs
+from keepset.scoring.knn import AUTO_EXACT_MAX, METHODS as KNN_METHODS
 from keepset.scoring.semantic import clip_scores, minmax, sample_diversity_scores, semantic_alignment_scores
 
 # The encoders (torch, transformers) are imported inside the functions: ``keepset score --help`` reads
@@ -37,6 +38,10 @@ def add_arguments(parser) -> None:
                    help="prompt templates separated by '|', '{}' is the class name (default: 'A photo of a {}')")
     g.add_argument("--k", type=int_at_least(2), default=10,
                    help="SDS neighbourhood size K including the sample (capped per class)")
+    g.add_argument("--knn", default="auto", choices=KNN_METHODS,
+                   help="SDS same-label neighbour search (sds and clip-powered only): exact, ivf (approximate "
+                   "inverted file), hnsw (faiss), or auto (default: exact for classes of at most "
+                   f"{AUTO_EXACT_MAX:,} samples, ivf above)")
     g.add_argument("--adapter-epochs", type=positive_int, default=30, help="adapter training epochs")
     g.add_argument("--adapter-lr", type=positive_float, default=1e-4, help="adapter Adam learning rate")
     g.add_argument("--adapter-batch-size", type=positive_int, default=256, help="adapter batch size")
@@ -176,32 +181,44 @@ def _pipeline_options(options: dict) -> dict:
     return out
 
 
-def score_clip_powered(samples: SampleSet, *, k: int = 10, **options) -> dict[str, np.ndarray]:
+def _no_knn(options: dict, method: str) -> None:
+    """``--knn`` only steers SDS: refuse it (when changed from its default) for a scorer without SDS."""
+    if options.get("knn", "auto") != "auto":
+        raise ValueError(f"--knn does not apply to --method {method}; it is an option of sds and clip-powered. "
+                         "Drop it, or choose one of those methods")
+
+
+def score_clip_powered(samples: SampleSet, *, k: int = 10, knn: str = "auto", **options) -> dict[str, np.ndarray]:
     """{"sas": [N], "sds": [N]}, both min-max normalised to [0, 1] (input of ``clip-powered`` selection)."""
     img, txt = adapted_embeddings(samples, **_pipeline_options(options))
     sas = semantic_alignment_scores(img, txt, samples.labels)
-    sds = sample_diversity_scores(img, samples.labels, k, progress=options.get("progress", False))
+    sds = sample_diversity_scores(img, samples.labels, k, knn=knn, seed=options.get("seed", 0),
+                                  progress=options.get("progress", False))
     return {"sas": minmax(sas).astype(np.float32), "sds": minmax(sds).astype(np.float32)}
 
 
 def score_sas(samples: SampleSet, **options) -> dict[str, np.ndarray]:
     """{"sas": [N]}: min-max normalised semantic alignment of each image with its label's prompt."""
+    _no_knn(options, "sas")
     img, txt = adapted_embeddings(samples, **_pipeline_options(options))
     return {"sas": minmax(semantic_alignment_scores(img, txt, samples.labels)).astype(np.float32)}
 
 
-def score_sds(samples: SampleSet, *, k: int = 10, **options) -> dict[str, np.ndarray]:
-    """{"sds": [N]}: min-max normalised mean distance to the K-1 nearest same-label neighbours."""
+def score_sds(samples: SampleSet, *, k: int = 10, knn: str = "auto", **options) -> dict[str, np.ndarray]:
+    """{"sds": [N]}: min-max normalised mean distance to the K-1 nearest same-label neighbours
+    (``knn``: the neighbour search, see ``keepset.scoring.knn``)."""
     img, _ = adapted_embeddings(samples, **_pipeline_options(options))
-    sds = sample_diversity_scores(img, samples.labels, k, progress=options.get("progress", False))
+    sds = sample_diversity_scores(img, samples.labels, k, knn=knn, seed=options.get("seed", 0),
+                                  progress=options.get("progress", False))
     return {"sds": minmax(sds).astype(np.float32)}
 
 
 def score_clip_score(samples: SampleSet, *, image_encoder=None, text_encoder=None, templates=None, cache_dir=None,
-                     no_cache: bool = False, seed: int = 0, progress: bool = True, **_) -> dict[str, np.ndarray]:
+                     no_cache: bool = False, seed: int = 0, progress: bool = True, **rest) -> dict[str, np.ndarray]:
     """{"clip_score": [N]}: DataComp-style cosine of the raw CLIP image embedding and the sample's caption
     (or, without captions, its label prompt averaged over templates). Needs a CLIP model
     (``--image-encoder clip:PATH``); no adapters."""
+    _no_knn(rest, "clip-score")
     from keepset.encoders import average_templates, cached_image_embeddings, cached_text_embeddings, class_prompts
 
     if not (image_encoder or "").lower().startswith("clip:"):

@@ -39,8 +39,8 @@ SCORER_FLAGS: dict[str, frozenset[str]] = {
     "normed_proj": _MIMIC | {"temperature"},
     "normed_cos": _MIMIC | {"temperature"},
     "sas": _CLIP,
-    "sds": _CLIP | {"k"},
-    "clip-powered": _CLIP | {"k"},
+    "sds": _CLIP | {"k", "knn"},
+    "clip-powered": _CLIP | {"k", "knn"},
     "clip-score": frozenset({"image_encoder", "text_encoder", "templates", "cache_dir", "no_cache"}),
     "dynamics": frozenset({"dyn_model", "dyn_epochs", "dyn_lr", "early_epochs", "batch_size", "seed", "device"}),
 }

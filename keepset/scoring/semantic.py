@@ -3,12 +3,13 @@
 - ``semantic_alignment_scores`` (SAS): cosine between each (adapted) image embedding and the
   (adapted) prompt embedding of its label.
 - ``sample_diversity_scores`` (SDS): mean Euclidean distance to the K-1 nearest neighbours that share
-  the sample's label (grouped by the actual labels, exact kNN).
+  the sample's label (grouped by the actual labels; exact kNN, or approximate at scale: ``knn=``).
 - ``clip_scores``: DataComp-style cosine between an image embedding and its caption (or label prompt).
 - ``minmax``: min-max normalisation to [0, 1].
 
-Everything is vectorised; the kNN runs per class with faiss (exact ``IndexFlatL2``) when installed,
-otherwise with batched torch matrix products, so 10^6 x 512 fits in memory.
+Everything is vectorised; the same-label kNN is ``keepset.scoring.knn.same_label_knn`` (exact: faiss
+``IndexFlatL2`` when installed, otherwise chunked torch matrix products; approximate: an inverted file
+searched with matrix products, or faiss HNSW), in bounded memory.
 """
 
 from __future__ import annotations
@@ -90,44 +91,25 @@ def clip_scores(img_emb, txt_emb, labels=None) -> np.ndarray:
 def knn_distances(emb, k: int, *, backend: str = "auto", batch_size: int = 4096) -> np.ndarray:
     """Euclidean distances from every row of ``emb`` [n, d] to its ``k`` nearest rows (itself included).
 
-    Exact search. Returns float32 [n, k] sorted ascending (the first column is the row itself, 0).
-    ``backend``: "faiss", "torch" or "auto" (faiss when importable).
+    Exact search (``keepset.scoring.knn.same_label_knn`` with one label). Returns float32 [n, k] sorted
+    ascending; the first column is the row itself, 0. ``backend``: "faiss", "torch" or "auto" (faiss when
+    importable); ``batch_size``: rows per block.
     """
-    x = np.ascontiguousarray(_as_matrix(emb, "emb"))
+    from keepset.scoring.knn import same_label_knn
+
+    x = _as_matrix(emb, "emb")
     n = len(x)
-    if not 1 <= k <= n:
+    if isinstance(k, bool) or not 1 <= int(k) <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    if backend == "auto":
-        try:
-            import faiss  # noqa: F401
-            backend = "faiss"
-        except ImportError:
-            backend = "torch"
-    if backend == "faiss":
-        import faiss
-
-        index = faiss.IndexFlatL2(x.shape[1])
-        index.add(x)
-        d2, _ = index.search(x, k)
-    elif backend == "torch":
-        import torch
-
-        xt = torch.from_numpy(x)
-        sq = (xt * xt).sum(1)
-        parts = []
-        for start in range(0, n, batch_size):
-            q = xt[start:start + batch_size]
-            d2b = sq[start:start + batch_size, None] - 2.0 * (q @ xt.T) + sq[None, :]
-            rows = torch.arange(len(q))
-            d2b[rows, rows + start] = 0.0  # a row's distance to itself is exactly 0 (no round-off)
-            parts.append(torch.topk(d2b, k, dim=1, largest=False).values)
-        d2 = torch.cat(parts).numpy()
-    else:
-        raise ValueError(f"unknown kNN backend {backend!r}; choose 'auto', 'faiss' or 'torch'")
-    return np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
+    out = np.zeros((n, int(k)), dtype=np.float32)
+    if k > 1:
+        out[:, 1:] = same_label_knn(x, np.zeros(n, dtype=np.int64), int(k), method="exact", exact_backend=backend,
+                                    chunk_rows=batch_size)[0]
+    return out
 
 
-def sample_diversity_scores(emb, labels, k: int = 10, *, backend: str = "auto", progress: bool = False) -> np.ndarray:
+def sample_diversity_scores(emb, labels, k: int = 10, *, knn: str = "auto", backend: str = "auto", seed: int = 0,
+                            progress: bool = False) -> np.ndarray:
     """SDS_i = mean Euclidean distance from sample i to its K-1 nearest neighbours of the same label.
 
     Parameters
@@ -135,32 +117,28 @@ def sample_diversity_scores(emb, labels, k: int = 10, *, backend: str = "auto", 
     emb : float [N, d]   (adapted) image embeddings
     labels : int [N]     the samples' labels; neighbours are searched within each label group
     k : int >= 2         neighbourhood size K including the sample itself; capped per class at the class size
-    backend : "auto" | "faiss" | "torch"
+    knn : "auto" | "exact" | "ivf" | "hnsw"
+                         the neighbour search (``keepset.scoring.knn``). "auto" (default) is exact for every
+                         class of at most ``keepset.scoring.knn.AUTO_EXACT_MAX`` (20,000) samples, hence
+                         identical to "exact" on data sets of that size per class, and the inverted file
+                         ("ivf", recall@10 >= 0.95 measured) above, where exact search grows quadratically
+    backend : "auto" | "faiss" | "torch"   engine of the exact search (faiss when installed)
+    seed : int           seeds the approximate index (k-means of "ivf")
 
     Returns
     -------
     float64 [N] >= 0 (0 for a sample alone in its class). Not yet min-max normalised.
     """
+    from keepset.scoring.knn import same_label_knn
+
     x = _as_matrix(emb, "emb")
     y = check_labels(labels)
     if len(y) != len(x):
         raise ValueError(f"labels has {len(y)} entries but emb has {len(x)} rows")
-    if int(k) < 2:
+    if isinstance(k, bool) or int(k) < 2:
         raise ValueError(f"k must be >= 2 (the sample itself plus at least one neighbour), got {k}")
-    out = np.zeros(len(x), dtype=np.float64)
-    classes = np.unique(y)
-    it = classes
-    if progress:
-        from keepset._progress import progress_bar
-
-        it = progress_bar(classes, desc="SDS kNN")
-    for c in it:
-        pos = np.flatnonzero(y == c)
-        kc = min(int(k), len(pos))
-        if kc < 2:
-            continue
-        dist = knn_distances(x[pos], kc, backend=backend)
-        # the nearest row is the sample itself (or an exact duplicate of it, also at distance 0):
-        # drop that column, whose float32 round-off would otherwise leak into the mean
-        out[pos] = dist[:, 1:].mean(1, dtype=np.float64)
-    return out
+    dist, _ = same_label_knn(x, y, int(k), method=knn, exact_backend=backend, seed=seed, progress=progress)
+    found = np.isfinite(dist)
+    count = found.sum(1)
+    total = np.where(found, dist, 0.0).sum(1, dtype=np.float64)
+    return np.divide(total, count, out=np.zeros(len(x), dtype=np.float64), where=count > 0)
