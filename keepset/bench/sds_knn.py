@@ -47,27 +47,33 @@ METHODS = ("exact", "ivf", "hnsw", "faiss-ivf")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="synthetic", choices=("synthetic", "fashion-mnist"))
+    parser.add_argument("--data", default="synthetic", choices=("synthetic", "fashion-mnist"),
+                        help="synthetic clustered embeddings, or Fashion-MNIST's 60,000 training images "
+                             "projected to --dim")
     parser.add_argument("--sizes", type=int_at_least(2), nargs="+", default=[100_000, 300_000, 1_000_000],
-                        help="N for --data synthetic (100000 300000 1000000)")
-    parser.add_argument("--dim", type=positive_int, default=512, help="embedding dimension d (512)")
-    parser.add_argument("--classes", type=positive_int, default=10, help="labels of the synthetic data (10)")
+                        help="N for --data synthetic")
+    parser.add_argument("--dim", type=positive_int, default=512, help="embedding dimension d")
+    parser.add_argument("--classes", type=positive_int, default=10, help="labels of the synthetic data")
     parser.add_argument("--one-class", action="store_true", help="fashion-mnist: all 60,000 rows in one class")
-    parser.add_argument("--spread", type=positive_float, default=0.5, help="synthetic sub-centre spread (0.5)")
-    parser.add_argument("--k", type=int_at_least(2), default=10, help="K incl. the sample itself (10)")
-    parser.add_argument("--methods", nargs="+", default=["exact", "ivf"], choices=METHODS,
-                        help="methods to run (exact ivf)")
+    parser.add_argument("--spread", type=positive_float, default=0.5, help="synthetic sub-centre spread")
+    parser.add_argument("--k", type=int_at_least(2), default=10, help="K, the sample itself included")
+    parser.add_argument("--methods", nargs="+", default=["exact", "ivf"], choices=METHODS, help="methods to run")
     parser.add_argument("--exact-max", type=nonnegative_int, default=300_000,
-                        help="largest N searched exactly in full; above, the exact time is estimated (300000)")
-    parser.add_argument("--sample", type=positive_int, default=2000, help="query rows for recall and rank correlation (2000)")
-    parser.add_argument("--nlist", type=positive_int, default=None, help="ivf / faiss-ivf cells per class (sqrt(class size))")
-    parser.add_argument("--nprobe", type=positive_int, default=None, help="ivf / faiss-ivf cells probed (knn.default_nprobe)")
-    parser.add_argument("--ef-search", type=positive_int, default=None, help="hnsw search beam (knn.DEFAULT_EF_SEARCH)")
-    parser.add_argument("--threads", type=positive_int, default=2, help="torch and faiss threads (2)")
+                        help="largest N searched exactly in full; above, the exact time is estimated")
+    parser.add_argument("--sample", type=positive_int, default=2000,
+                        help="query rows for recall and rank correlation")
+    parser.add_argument("--nlist", type=positive_int, default=None,
+                        help="ivf / faiss-ivf cells per class (default: sqrt(class size))")
+    parser.add_argument("--nprobe", type=positive_int, default=None,
+                        help="ivf / faiss-ivf cells probed (default: keepset.scoring.knn.default_nprobe)")
+    parser.add_argument("--ef-search", type=positive_int, default=None,
+                        help="hnsw search beam (default: keepset.scoring.knn.DEFAULT_EF_SEARCH)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch and faiss threads")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the synthetic embeddings and the ivf k-means")
     parser.add_argument("--in-process", action="store_true",
                         help="run every configuration in this process (peak memory then not isolated)")
-    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write the figures as JSON (default: not written)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
 
