@@ -24,7 +24,7 @@ META_KEY = b"keepset"
 KNOWN_DIRECTIONS = {
     **{c: "higher_keeps" for c in ("mimic", "mimic_mean", "mimic_last", "mimic_normed_mean", "mimic_sgd_mean",
                                    "proj", "cos", "normed_proj", "normed_cos", "sas", "sds", "clip_score", "aum",
-                                   "margin", "keep")},
+                                   "margin", "keep", "pvalue")},
     **{c: "higher_drops" for c in ("loss", "el2n", "grand", "forgetting", "entropy", "least_confidence",
                                    "reference_loss", "issue_score")},
 }
