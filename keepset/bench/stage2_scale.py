@@ -45,12 +45,13 @@ else:
     ids, yes, total = stage2_votes(rec, binarize=sys.argv[2], vote="majority")
     keep = yes / total >= 0.5
 seconds = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Stage 2's own, before the F1 check below
 noisy = np.load(sys.argv[3], allow_pickle=False)
 flag = ~keep
 truth = np.isin(ids, noisy)
 tp = float((flag & truth).sum())
 f1 = 2 * tp / max(flag.sum() + truth.sum(), 1)
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak,
                   "kept": int(keep.sum()), "n": int(len(keep)), "f1": f1}))
 """
 

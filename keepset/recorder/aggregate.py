@@ -20,6 +20,10 @@ _HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 _SHIFTS = (np.arange(15, -1, -1, dtype=np.uint64) * np.uint64(4))
 
 
+#: ids held unmerged at most beyond twice the unique ids known (``IdIndex.of_log``)
+MERGE_MIN = 1 << 21
+
+
 def hex_halves(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(high, low) 64-bit halves of 32-hex-digit uids [M] as int64, or None if any id is not 32 hex digits."""
     if ids.dtype.kind != "U" or ids.dtype.itemsize != 32 * 4 or not len(ids):
@@ -40,10 +44,13 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8).astype(np.uint32)
 
 def uids_from_halves(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     """32-hex-digit lower-case uids [M] from their (high, low) int64 halves (the inverse of ``hex_halves``)."""
-    shifts = _SHIFTS
-    nib = np.concatenate([(hi.view(np.uint64)[:, None] >> shifts) & np.uint64(15),
-                          (lo.view(np.uint64)[:, None] >> shifts) & np.uint64(15)], axis=1)
-    return _HEX_DIGITS[nib.astype(np.intp)].view("<U32").reshape(len(hi))
+    out = np.empty(len(hi), "<U32")
+    codes = out.view(np.uint32).reshape(len(hi), 32)
+    for s in range(0, len(hi), 1 << 16):  # in blocks: the nibbles take 8 bytes each
+        for half, cols in ((hi, slice(0, 16)), (lo, slice(16, 32))):
+            nib = (half[s:s + (1 << 16)].view(np.uint64)[:, None] >> _SHIFTS) & np.uint64(15)
+            codes[s:s + (1 << 16), cols] = _HEX_DIGITS[nib.astype(np.intp)]
+    return out
 
 
 def _sorted_unique(a: np.ndarray) -> np.ndarray:
@@ -64,20 +71,43 @@ class IdIndex:
 
     @classmethod
     def of_log(cls, recorder) -> "IdIndex":
-        """One pass over the log's id column."""
+        """One pass over the log's id column. Memory: O(unique ids + one chunk): the per-chunk unique ids are
+        merged whenever they add up to more than twice the ids known so far (a log of 10^7 records of 10^6
+        samples never holds 10^7 ids)."""
         ints, his, los, strings = [], [], [], []
+        held, merged = 0, 0  # ids held in the lists; how many of them the last merge left
+
+        def merge():
+            nonlocal held, merged
+            if ints:
+                ints[:] = [_sorted_unique(np.concatenate(ints))]
+                held = len(ints[0])
+            if strings:
+                strings[:] = [_sorted_unique(np.concatenate(strings))]
+                held = len(strings[0])
+            if los:
+                hi, lo = _unique_pairs(np.concatenate(his), np.concatenate(los))
+                his[:], los[:] = [hi], [lo]
+                held = len(lo) + sum(len(x) for x in strings)
+            merged = held
+
         for chunk in recorder.iter_chunks(["id"]):
             v = chunk["id"]
             if v.dtype.kind != "U":
                 ints.append(_sorted_unique(v))
-                continue
-            halves = hex_halves(v) if not strings else None
-            if halves is None:
-                strings.append(_sorted_unique(v))
-                continue
-            hi, lo = _unique_pairs(*halves)
-            his.append(hi)
-            los.append(lo)
+                held += len(ints[-1])
+            else:
+                halves = hex_halves(v) if not strings else None
+                if halves is None:
+                    strings.append(_sorted_unique(v))
+                    held += len(strings[-1])
+                else:
+                    hi, lo = _unique_pairs(*halves)
+                    his.append(hi)
+                    los.append(lo)
+                    held += len(lo)
+            if held > 2 * merged + MERGE_MIN:
+                merge()
         if ints:
             return cls(_sorted_unique(np.concatenate(ints)))
         if los and strings:  # some ids are not uids: key every id by its string

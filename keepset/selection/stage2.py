@@ -73,7 +73,7 @@ def estimate_quality(keep) -> float:
 
 
 def step_decisions(recorder, *, binarize: str = "threshold", field: str | None = None,
-                   rows: int = 1 << 20) -> Iterator[dict[str, np.ndarray]]:
+                   rows: int = 1 << 18) -> Iterator[dict[str, np.ndarray]]:
     """Stream the per-visit decisions of a recorded log, complete steps at a time.
 
     Yields {"id", "step", "epoch", "keep"} chunks (keep: bool, the step's binarisation of ``field``;
@@ -148,7 +148,7 @@ def stage2_filter(recorder, *, binarize: str = "threshold", vote: str = "majorit
 
 def calibrated_stage2(recorder, holdout_recorder, *, ids=None, reference_quality: float | None = None,
                       method: str = "count", false_discard_rate: float = 0.01, draws: int = 8, seed: int = 0,
-                      unseen: str = "error", rows: int = 1 << 20):
+                      unseen: str = "error", rows: int = 1 << 18):
     """The calibrated Stage 2 (``keepset.selection.calibrated``) from a run's recorded dynamics, out of core.
 
     recorder : the training log (field ``mimic``); holdout_recorder : the held-out trusted samples' log (their
