@@ -20,6 +20,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "coupled": ("keepset.bench.coupled", "Mimic Score terms under CLIP's loss: closed form vs jvp vs per-pair loop"),
     "image-text": ("keepset.bench.image_text", "image-text pairs: Mimic Score vs clip score vs SAS, train-on-subset, "
                                                "steps to plain training's loss"),
+    "scale": ("keepset.bench.scale", "score-pool at 10^5-10^6 pairs: one process vs Ray (throughput, peak memory), "
+                                     "SDS exact vs approximate"),
     "report-scale": ("keepset.bench.report_scale", "time of keepset report on a synthetic 100,000-sample run"),
 }
 

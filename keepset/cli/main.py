@@ -49,7 +49,7 @@ _USER_ERRORS = (ValueError, OSError, ImportError, EOFError, MemoryError, UsageEr
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``keepset`` parser with every command (building it imports neither torch nor any optional package)."""
-    from keepset.cli import bench, demo, make_noisy, make_pool, report, score, select
+    from keepset.cli import bench, demo, make_noisy, make_pool, report, score, score_pool, select
     from keepset.cli import filter as filter_
 
     parser = KeepsetParser(
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"keepset {__version__}")
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (demo, filter_, score, select, report, bench, make_noisy, make_pool):
+    for module in (demo, filter_, score, select, report, bench, make_noisy, make_pool, score_pool):
         module.add_parser(sub)
     for p in _subparsers(parser):
         p.formatter_class = HelpFormatter

@@ -232,7 +232,8 @@ def init_of_reference(reference: nn.Module, extra: dict, path: str = "the refere
     return init
 
 
-def _check_probe_fits(probe: nn.Module, d_img: int, d_txt: int, what: str) -> None:
+def check_probe_fits(probe: nn.Module, d_img: int, d_txt: int, what: str) -> None:
+    """A one-line ValueError when a pool's embedding sizes are not the probe's input sizes."""
     cfg = probe.config
     if (cfg["d_img"], cfg["d_txt"]) != (d_img, d_txt):
         raise ValueError(f"{what} takes image / text embeddings of sizes {cfg['d_img']} / {cfg['d_txt']} but the "
@@ -447,7 +448,7 @@ def _filter_pairs(source, trusted, reference, reference_extra, options, dynamics
         raise ValueError(f"only {len(filtered_ids)} pairs are left to filter once the trusted ones are set aside; "
                          "the filter needs at least 2")
     if reference is not None:
-        _check_probe_fits(reference, scan.d_img, scan.d_txt, "the reference")
+        check_probe_fits(reference, scan.d_img, scan.d_txt, "the reference")
     truth_pos = _truth_positions(truth, pool_ids) if truth is not None else None
     del scan.ids
 

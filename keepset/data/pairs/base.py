@@ -192,6 +192,14 @@ class PairSource:
         for shard in self.shards:
             yield from rechunk(self._read_shard(shard, columns, None, state), None)
 
+    def read_shard(self, shard: str, columns: Sequence[str] | None = None) -> PairBatch:
+        """The whole of one shard as one PairBatch (a worker scoring shards independently; checks across
+        shards, such as duplicate ids over the pool, are the constructing process's)."""
+        if shard not in self.shards:
+            raise ValueError(f"{self.name} has no shard {shard!r}; its shards: {self.shards[:3]}...")
+        parts = list(rechunk(self._read_shard(shard, columns, None, self._new_pass()), None))
+        return parts[0] if parts else PairBatch(ids=np.zeros(0, dtype="<U1"), shard=shard)
+
     def iter_batches(self, batch_size: int, columns: Sequence[str] | None = None) -> Iterator[PairBatch]:
         """Batches of ``batch_size`` pairs (the last of each shard may be smaller); a batch never spans shards."""
         batch_size = check_batch_size(batch_size)
