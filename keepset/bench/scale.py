@@ -36,7 +36,7 @@ from keepset.cli._common import add_quiet
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=int_at_least(2), nargs="+", default=[100_000, 300_000, 1_000_000],
                    help="pairs per synthetic pool")
-    p.add_argument("--shard-size", type=int_at_least(2), default=100_000, help="pairs per shard")
+    p.add_argument("--shard-size", type=int_at_least(2), default=20_000, help="pairs per shard")
     p.add_argument("--dim", type=positive_int, default=512, help="size of the image and the text embeddings")
     p.add_argument("--workers", type=positive_int, default=2, help="Ray actors")
     p.add_argument("--executors", nargs="+", default=["local", "ray"], choices=("local", "ray"),
