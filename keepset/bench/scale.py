@@ -158,7 +158,8 @@ def run(args) -> int:
                 row = {"n": n, "executor": ex, "workers": args.workers if ex == "ray" else 1,
                        "seconds_total": m["seconds"], "seconds_shards": s["seconds_shards"],
                        "pairs_per_second": n / s["seconds_shards"], "peak_driver_mb": m["peak_driver_mb"],
-                       "peak_tree_mb": m["peak_tree_mb"]}
+                       "peak_tree_mb": m["peak_tree_mb"], "startup_seconds": s.get("startup_seconds"),
+                       "steady_pairs_per_second": s.get("steady_pairs_per_second")}
                 import pyarrow.parquet as pq
 
                 tables[ex] = pq.read_table(out / "scores.parquet").to_pandas().set_index("id").sort_index()
@@ -210,14 +211,18 @@ def _sds(pool: Path, shards: list[int], n: int, args) -> list[dict]:
 
 
 def _row(r: dict) -> str:
-    return (f"| {r['n']:,} | {r['executor']}{' x ' + str(r['workers']) if r['executor'] == 'ray' else ''} | "
-            f"{r['seconds_shards']:.1f} | {r['seconds_total']:.1f} | {r['pairs_per_second']:,.0f} | "
-            f"{r['peak_driver_mb']:.0f} | {r['peak_tree_mb']:.0f} |")
+    ray = r["executor"] == "ray"
+    steady = f"{r['steady_pairs_per_second']:,.0f}" if ray and r.get("steady_pairs_per_second") else "-"
+    start = f"{r['startup_seconds']:.1f}" if ray and r.get("startup_seconds") is not None else "-"
+    return (f"| {r['n']:,} | {r['executor']}{' x ' + str(r['workers']) if ray else ''} | "
+            f"{r['seconds_shards']:.1f} | {r['seconds_total']:.1f} | {r['pairs_per_second']:,.0f} | {start} | "
+            f"{steady} | {r['peak_driver_mb']:.0f} | {r['peak_tree_mb']:.0f} |")
 
 
 def format_table(rows: list[dict], sds_rows: list[dict]) -> str:
-    lines = ["| N | executor | shard pass (s) | command (s) | pairs/s | peak RSS driver (MiB) | peak RSS tree (MiB) |",
-             "|---:|---|---:|---:|---:|---:|---:|"] + [_row(r) for r in rows]
+    lines = ["| N | executor | shard pass (s) | command (s) | pairs/s | Ray start to 1st shard (s) | pairs/s after it "
+             "| peak RSS driver (MiB) | peak RSS tree (MiB) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"] + [_row(r) for r in rows]
     same = [r for r in rows if "same_ids_as_local" in r]
     for r in same:
         lines.append(f"\nN = {r['n']:,}: Ray's scores vs local: same ids {r['same_ids_as_local']}, largest absolute "

@@ -80,60 +80,37 @@ class FilterOptions:
 
         flags : name the options by their command-line flags (``--batch-size``) rather than their field names.
         """
-        def name(field_: str) -> str:
-            return "--" + field_.replace("_", "-") if flags else field_
+        from keepset._options import (
+            check_choice, check_device_option, check_fraction, check_int, check_positive, is_real, namer,
+        )
 
-        if self.setting not in SETTINGS:
-            raise ValueError(f"{name('setting')} must be one of {SETTINGS}, got {self.setting!r}")
+        name = namer(flags)
+        check_choice(self.setting, name("setting"), SETTINGS)
         if self.layers is not None and self.setting == "probe":
             raise ValueError(f"{name('layers')} applies to the finetune setting only (the probe setting scores the "
                              f"linear head): drop it, or use {name('setting')} finetune")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"{name('backbone')} must be one of {BACKBONES}, got {self.backbone!r}")
-        if not (isinstance(self.holdout, (int, float)) and np.isfinite(self.holdout) and 0 <= self.holdout < 1):
-            raise ValueError(f"{name('holdout')} must be a fraction in [0, 1), got {self.holdout!r}")
+        check_choice(self.backbone, name("backbone"), BACKBONES)
+        check_fraction(self.holdout, name("holdout"))
         for field_ in ("epochs", "batch_size"):
-            v = getattr(self, field_)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name(field_)} must be an integer >= 1, got {v!r}")
-        if isinstance(self.reference_epochs, bool) or not isinstance(self.reference_epochs, (int, np.integer)) \
-                or self.reference_epochs < 0:
-            raise ValueError(f"{name('reference_epochs')} must be an integer >= 0 (0: automatic), "
-                             f"got {self.reference_epochs!r}")
-        if self.lr is not None and not (_real(self.lr) and np.isfinite(self.lr) and self.lr > 0):
+            check_int(getattr(self, field_), name(field_), 1)
+        check_int(self.reference_epochs, name("reference_epochs"), 0, " (0: automatic)")
+        if self.lr is not None and not (is_real(self.lr) and np.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"{name('lr')} must be a finite number > 0 ("
                              f"{'leave it out' if flags else 'or None'} for the normalised step), got {self.lr!r}")
         if self.method not in ("proj", "cos"):
             raise ValueError(f"{name('method')} must be 'proj' or 'cos', got {self.method!r}")
-        if not (_real(self.temperature) and np.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"{name('temperature')} must be a finite number > 0, got {self.temperature!r}")
-        if self.binarize not in STAGE2_RULES:
-            raise ValueError(f"{name('binarize')} must be one of {STAGE2_RULES}, got {self.binarize!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"{name('weighting')} must be one of {WEIGHTINGS}, got {self.weighting!r}")
-        if isinstance(self.holdout_per_step, bool) or not isinstance(self.holdout_per_step, (int, np.integer)) \
-                or self.holdout_per_step < 3:
-            raise ValueError(f"{name('holdout_per_step')} must be an integer >= 3, got {self.holdout_per_step!r}")
+        check_positive(self.temperature, name("temperature"))
+        check_choice(self.binarize, name("binarize"), STAGE2_RULES)
+        check_choice(self.weighting, name("weighting"), WEIGHTINGS)
+        check_int(self.holdout_per_step, name("holdout_per_step"), 3)
         if self.holdout == 0 and (self.binarize == "calibrated" or self.weighting == "lfdr"):
             raise ValueError(f"{name('holdout')} 0 leaves no held-out trusted samples, which {name('binarize')} "
                              f"calibrated and {name('weighting')} lfdr need: hold some out (default 0.2), or "
                              f"choose {name('binarize')} threshold and {name('weighting')} softmax")
-        if self.vote not in VOTES:
-            raise ValueError(f"{name('vote')} must be one of {VOTES}, got {self.vote!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"{name('seed')} must be an integer >= 0, got {self.seed!r}")
-        try:
-            check_device(self.device)
-        except ValueError as exc:
-            raise ValueError(f"{name('device')}: {exc}" if flags else str(exc)) from None
+        check_choice(self.vote, name("vote"), VOTES)
+        check_int(self.seed, name("seed"), 0)
+        check_device_option(self.device, name("device"), flags)
         return self
-
-
-def _real(x) -> bool:
-    """A real number (Python or numpy), not a bool."""
-    import numbers
-
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 def check_device(device) -> torch.device:

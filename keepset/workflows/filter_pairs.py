@@ -93,13 +93,13 @@ class PairFilterOptions:
 
         flags : name the options by their command-line flags (``--batch-size``) rather than their field names.
         """
-        def name(field_: str) -> str:
-            return "--" + field_.replace("_", "-") if flags else field_
+        from keepset._options import (
+            check_choice, check_device_option, check_fraction, check_int, check_positive, namer,
+        )
 
+        name = namer(flags)
         for field_ in ("dim", "epochs", "batch_size", "shuffle_buffer"):
-            v = getattr(self, field_)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name(field_)} must be an integer >= 1, got {v!r}")
+            check_int(getattr(self, field_), name(field_), 1)
         if self.batch_size < 2:
             raise ValueError(f"{name('batch_size')} must be >= 2: a contrastive batch needs negatives, got "
                              f"{self.batch_size}")
@@ -113,36 +113,17 @@ class PairFilterOptions:
                              f"{self.text_hidden!r}") from None
         if any(h < 1 for h in self.text_hidden):
             raise ValueError(f"{name('text_hidden')} widths must be positive, got {self.text_hidden}")
-        if not (_real(self.holdout) and np.isfinite(self.holdout) and 0 <= self.holdout < 1):
-            raise ValueError(f"{name('holdout')} must be a fraction in [0, 1), got {self.holdout!r}")
-        if isinstance(self.reference_epochs, bool) or not isinstance(self.reference_epochs, (int, np.integer)) \
-                or self.reference_epochs < 0:
-            raise ValueError(f"{name('reference_epochs')} must be an integer >= 0 (0: automatic), "
-                             f"got {self.reference_epochs!r}")
-        if not (_real(self.lr) and np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"{name('lr')} must be a finite number > 0, got {self.lr!r}")
+        check_fraction(self.holdout, name("holdout"))
+        check_int(self.reference_epochs, name("reference_epochs"), 0, " (0: automatic)")
+        check_positive(self.lr, name("lr"))
         if self.method not in ("proj", "cos"):
             raise ValueError(f"{name('method')} must be 'proj' or 'cos', got {self.method!r}")
-        if not (_real(self.temperature) and np.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"{name('temperature')} must be a finite number > 0, got {self.temperature!r}")
-        if self.binarize not in BINARIZE_METHODS:
-            raise ValueError(f"{name('binarize')} must be one of {BINARIZE_METHODS}, got {self.binarize!r}")
-        if self.vote not in VOTES:
-            raise ValueError(f"{name('vote')} must be one of {VOTES}, got {self.vote!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"{name('seed')} must be an integer >= 0, got {self.seed!r}")
-        try:
-            check_device(self.device)
-        except ValueError as exc:
-            raise ValueError(f"{name('device')}: {exc}" if flags else str(exc)) from None
+        check_positive(self.temperature, name("temperature"))
+        check_choice(self.binarize, name("binarize"), BINARIZE_METHODS)
+        check_choice(self.vote, name("vote"), VOTES)
+        check_int(self.seed, name("seed"), 0)
+        check_device_option(self.device, name("device"), flags)
         return self
-
-
-def _real(x) -> bool:
-    """A real number (Python or numpy), not a bool."""
-    import numbers
-
-    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
 
 
 @dataclass

@@ -39,8 +39,12 @@ class ShardActor:
         return {"shard": np.array(names), "pairs": np.array(pairs, dtype=np.int64)}
 
 
-def run_ray(cfg, shards: list[str], key: str, log=print) -> None:
-    """Score ``shards`` on Ray (a local instance, or the cluster at ``cfg.options.ray_address``)."""
+def run_ray(cfg, shards: list[str], key: str, log=print) -> dict:
+    """Score ``shards`` on Ray (a local instance, or the cluster at ``cfg.options.ray_address``). Returns timings:
+    {"startup_seconds": until the first shard was written (Ray's start, the actors' imports and probes),
+    "steady_pairs_per_second": pairs of the later shards over their time (None with one shard)}."""
+    import time
+
     from keepset._checks import check_installed
 
     check_installed("ray", "--executor ray", "ray")
@@ -48,6 +52,7 @@ def run_ray(cfg, shards: list[str], key: str, log=print) -> None:
     import ray
 
     opt = cfg.options
+    t0 = time.perf_counter()
     started = False
     if not ray.is_initialized():
         if opt.ray_address:
@@ -66,9 +71,17 @@ def run_ray(cfg, shards: list[str], key: str, log=print) -> None:
                             batch_format="numpy", concurrency=opt.workers, num_cpus=1, num_gpus=1 if gpu else 0)
         from keepset._progress import progress_bar
 
+        first, later = None, 0
         with progress_bar(total=len(shards), desc="shards (ray)", enabled=opt.progress) as bar:
-            for _ in ds.iter_rows():
+            for row in ds.iter_rows():
+                if first is None:
+                    first = time.perf_counter()
+                else:
+                    later += int(row["pairs"])
                 bar.update(1)
+        end = time.perf_counter()
+        return {"startup_seconds": round(first - t0, 2),
+                "steady_pairs_per_second": round(later / (end - first), 1) if later and end > first else None}
     finally:
         if started:
             ray.shutdown()

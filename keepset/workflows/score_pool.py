@@ -61,39 +61,29 @@ class PoolScoreOptions:
 
     def validate(self, flags: bool = False) -> "PoolScoreOptions":
         """One-line ValueError naming the first bad option (by its flag with ``flags``), before any work."""
+        from keepset._options import check_choice, check_device_option, check_int, namer
         from keepset.scoring.knn import METHODS as KNN_METHODS
 
-        def name(f: str) -> str:
-            return "--" + f.replace("_", "-") if flags else f
-
+        name = namer(flags)
         scores = tuple(self.scores)
         unknown = [s for s in scores if s not in SCORES]
         if not scores or unknown:
-            raise ValueError(f"{name('scores')} must name some of {', '.join(SCORES)}, got {','.join(scores) or 'none'}")
+            raise ValueError(f"{name('scores')} must name some of {', '.join(SCORES)}, "
+                             f"got {','.join(scores) or 'none'}")
         if len(set(scores)) != len(scores):
             raise ValueError(f"{name('scores')} names a score twice: {','.join(scores)}")
         self.scores = scores
         for f, low in (("batch_size", 2), ("k", 2), ("workers", 1)):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ValueError(f"{name(f)} must be an integer >= {low}, got {v!r}")
+            check_int(getattr(self, f), name(f), low)
         if self.method not in ("proj", "cos"):
             raise ValueError(f"{name('method')} must be 'proj' or 'cos', got {self.method!r}")
-        if self.knn not in KNN_METHODS:
-            raise ValueError(f"{name('knn')} must be one of {KNN_METHODS}, got {self.knn!r}")
-        if self.executor not in EXECUTORS:
-            raise ValueError(f"{name('executor')} must be one of {EXECUTORS}, got {self.executor!r}")
+        check_choice(self.knn, name("knn"), KNN_METHODS)
+        check_choice(self.executor, name("executor"), EXECUTORS)
         if self.ray_address is not None and self.executor != "ray":
             raise ValueError(f"{name('ray_address')} names a Ray cluster, which only {name('executor')} ray uses: "
                              f"add {name('executor')} ray, or drop it")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"{name('seed')} must be an integer >= 0, got {self.seed!r}")
-        from keepset.workflows.filter import check_device
-
-        try:
-            check_device(self.device)
-        except ValueError as exc:
-            raise ValueError(f"{name('device')}: {exc}" if flags else str(exc)) from None
+        check_int(self.seed, name("seed"), 0)
+        check_device_option(self.device, name("device"), flags)
         return self
 
 
@@ -318,11 +308,12 @@ def score_pool(cfg: PoolScoreConfig, log=print) -> dict:
     log(f"{len(source.shards)} shards of {cfg.data}: {done_before} already scored, {len(todo)} to score "
         f"({opt.executor}{f', {opt.workers} workers' if opt.executor == 'ray' else ''})")
     t0 = time.perf_counter()
+    timings = {}
     if todo:
         if opt.executor == "ray":
             from keepset.workflows.pool_ray import run_ray
 
-            run_ray(cfg, todo, key, log=log)
+            timings = run_ray(cfg, todo, key, log=log)
         else:
             run_local(cfg, source, embed, todo, key)
     shard_seconds = time.perf_counter() - t0
@@ -344,7 +335,8 @@ def score_pool(cfg: PoolScoreConfig, log=print) -> dict:
                "workers": opt.workers if opt.executor == "ray" else 1, "seconds_shards": round(shard_seconds, 2),
                "seconds_sds": round(sds_seconds, 2),
                "pairs_scored": int(scored),
-               "pairs_per_second": round(scored / shard_seconds, 1) if todo and shard_seconds > 0 else None}
+               "pairs_per_second": round(scored / shard_seconds, 1) if todo and shard_seconds > 0 else None,
+               **timings}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n", overwrite=True)
     params = {k: v for k, v in asdict(opt).items() if k != "progress"}
     write_manifest(out / "manifest.json", method="keepset-score-pool", params=params,
