@@ -117,3 +117,22 @@ def test_stage2_scale_bench_times_every_rule_on_a_planted_log(tmp_path):
     assert all(r["n"] == 4000 for r in rows.values())
     # the planted noisy 30% score 1.5 std lower: the calibrated rule keeps about the clean 70% (a little more: it drops only what it is sure of)
     assert 0.6 < rows["calibrated"]["kept"] / 4000 < 0.85 and rows["calibrated"]["f1"] > 0.6
+
+
+def test_scale_bench_scores_a_synthetic_pool_and_compares_sds_searches(tmp_path):
+    """A tiny `keepset bench scale`: the pool is scored end to end by `keepset score-pool` in a child process (its
+    throughput and the memory of its process tree measured), and SDS's approximate search is compared with the
+    exact one (classes under 5,000 rows are searched exactly by ivf too: recall 1)."""
+    import json
+
+    from keepset.bench.scale import main
+
+    out = tmp_path / "scale.json"
+    assert main(["--sizes", "3000", "--shard-size", "1000", "--dim", "16", "--executors", "local", "--json", str(out),
+                 "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    (row,) = doc["rows"]
+    assert row["n"] == 3000 and row["executor"] == "local" and row["pairs_per_second"] > 0
+    assert row["peak_tree_mb"] >= row["peak_driver_mb"] > 50          # a Python process with torch loaded
+    sds = {r["method"]: r for r in doc["sds"]}
+    assert sds["exact"]["recall"] == 1.0 and sds["ivf"]["recall"] == 1.0 and sds["ivf"]["spearman_sds"] > 0.999

@@ -477,3 +477,26 @@ def test_zero_shot_accuracy_and_recall_by_hand():
     cos = pair_cosines(probe, img, txt)
     expected = (img * txt).sum(1) / np.linalg.norm(img, axis=1) / np.linalg.norm(txt, axis=1)
     assert np.allclose(cos, expected, atol=1e-6)
+
+
+@needs_minilm
+@pytest.mark.slow
+def test_score_pool_reproduces_the_runs_scores_from_pixels_and_from_embeddings(pool, tmp_path):
+    """keepset score-pool with the run's probes: on the webdataset shards (images through the pool's image tower,
+    captions through MiniLM) it gives the same scores as on the DataComp shards (their stored embeddings), and its
+    clip_score / sas are the run's own columns for the pairs the run filtered."""
+    d, out, truth, trusted = pool
+    wds, dc = tmp_path / "wds", tmp_path / "dc"
+    assert main(["score-pool", "--data", f"wds:{d / 'pool' / 'wds'}", "--run", str(out), "--out", str(wds),
+                 "--image-encoder", f"network:{d / 'pool' / 'image_tower.safetensors'}", "--cache-dir",
+                 str(tmp_path / "cache"), "--quiet"]) == 0
+    assert main(["score-pool", "--data", f"datacomp:{d / 'pool' / 'datacomp'}", "--run", str(out), "--out", str(dc),
+                 "--quiet"]) == 0
+    a = pq.read_table(wds / "scores.parquet").to_pandas().set_index("id").sort_index()
+    b = pq.read_table(dc / "scores.parquet").to_pandas().set_index("id").sort_index()
+    assert set(a.index) == set(truth.index) and (a.index == b.index).all()
+    for c in ("clip_score", "sas", "mimic"):
+        np.testing.assert_allclose(a[c], b[c], atol=1e-4, err_msg=c)
+    run = pq.read_table(out / "scores.parquet").to_pandas().set_index("id")
+    np.testing.assert_allclose(b.loc[run.index, "clip_score"], run.clip_score, atol=1e-5)
+    np.testing.assert_allclose(b.loc[run.index, "sas"], run.sas, atol=1e-5)

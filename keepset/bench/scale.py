@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executors", nargs="+", default=["local", "ray"], choices=("local", "ray"),
                    help="executors timed, side by side")
     p.add_argument("--no-sds", action="store_true", help="skip the SDS exact vs approximate comparison")
-    p.add_argument("--exact-max", type=int_at_least(0), default=300_000,
+    p.add_argument("--exact-max", type=int_at_least(0), default=100_000,
                    help="largest N whose exact SDS search is run (above: not run)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the synthetic pools and probes")
     p.add_argument("--json", default=None, help="also write the figures here (default: not written)")

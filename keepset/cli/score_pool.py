@@ -8,7 +8,7 @@ then OUT/scores.parquet (id + the scores), OUT/summary.json and OUT/manifest.jso
 from __future__ import annotations
 
 from keepset._argtypes import int_at_least, positive_int, seed
-from keepset.cli._common import add_device, add_quiet, command_parser, log_to_stderr
+from keepset.cli._common import add_device, add_quiet, command_parser, log_to_stderr, quiet_libraries
 from keepset.data.pairs.spec import PAIRS_SPEC_HELP
 
 EXAMPLES = """examples:
@@ -85,6 +85,7 @@ def run(args) -> int:
     from keepset.workflows.score_pool import format_summary, score_pool
 
     cfg = config(args)
+    quiet_libraries(args.quiet)
     summary = score_pool(cfg, log=log_to_stderr(args.quiet))
     print(format_summary(summary))
     print(f"wrote {args.out}/: scores.parquet, shards/, summary.json, manifest.json")

@@ -45,6 +45,17 @@ def atomic_path(path: str | Path, overwrite: bool = False):
             os.unlink(tmp)
 
 
+def json_default(v):
+    """``json.dumps(..., default=json_default)``: numpy scalars as Python numbers and bools."""
+    import numpy as np
+
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.bool_):
+        return bool(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
 def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_path(path, overwrite) as tmp:

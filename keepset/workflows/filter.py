@@ -31,6 +31,7 @@ from torch import nn
 from keepset.data import SampleSet, load_spec, split_indices
 from keepset.io import atomic_dir, check_output_dir, read_keep_list, write_keep_list, write_manifest
 from keepset.io import write_score_table, write_text_atomic
+from keepset.io.atomic import json_default
 from keepset.models import LinearProbe, load_checkpoint, model_for_inputs, save_checkpoint
 from keepset.recorder import DynamicsRecorder, per_sample
 from keepset.scoring.reference_agreement import quality_from_agreement, reference_label_loss
@@ -476,18 +477,12 @@ def write_run(out: Path, result: FilterResult, samples: SampleSet, *, data_spec:
         **(extra_summary or {}),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=json_default) + "\n")
     write_manifest(out / "manifest.json", method=method, params=params,
                    data={"spec": data_spec, "fingerprint": samples.fingerprint(), "n": n}, inputs=inputs,
                    models={"reference": "reference.safetensors", "model": "model.safetensors"},
                    outputs={f: f for f in ("scores.parquet", "keep.npy", "summary.json", "dynamics")})
     return summary
-
-
-def _json(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def format_summary(s: dict) -> str:

@@ -49,6 +49,7 @@ from keepset.data.pair_stream import PairChunk, SpilledChunks, embedded_chunks, 
 from keepset.data.pairs import SCORE_COLUMNS, PairSource, load_pairs
 from keepset.io import atomic_dir, check_output_dir, read_keep_list, write_keep_list, write_manifest
 from keepset.io import write_text_atomic
+from keepset.io.atomic import json_default
 from keepset.io.tables import ScoreTableWriter
 from keepset.losses import clip_loss
 from keepset.models import TwoTowerProbe, load_checkpoint, model_fingerprint, save_checkpoint
@@ -769,20 +770,12 @@ def write_pair_run(out: Path, result: PairFilterResult, source: PairSource, *, d
         **({"detection": result.detection} if result.detection is not None else {}),
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=_json) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=json_default) + "\n")
     write_manifest(out / "manifest.json", method="keepset-filter-pairs", params=params,
                    data={"spec": data_spec, "fingerprint": source.fingerprint(), "n": n}, inputs=inputs,
                    models={"reference": "reference.safetensors", "model": "model.safetensors"},
                    outputs={f: f for f in outputs})
     return summary
-
-
-def _json(v):
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, np.bool_):
-        return bool(v)
-    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def format_pair_summary(s: dict) -> str:

@@ -320,16 +320,11 @@ def score_pool(cfg: PoolScoreConfig, log=print) -> dict:
     import pyarrow.parquet as pq
 
     scored = sum(pq.ParquetFile(shard_path(out, s)).metadata.num_rows for s in todo)
-    table = join_shards(out, source.shards)
-    n = len(table["id"])
     t1 = time.perf_counter()
-    if need_emb:
-        table["sds"] = pool_sds(out, source.shards, opt)
+    sds = pool_sds(out, source.shards, opt) if need_emb else None
     sds_seconds = time.perf_counter() - t1
-    from keepset.io.tables import write_score_table
-
-    write_score_table(out / "scores.parquet", table["id"], {k: v for k, v in table.items() if k != "id"},
-                      metadata={"data": cfg.data, "run": str(cfg.run)}, overwrite=True)
+    n = join_shards(out, source.shards, out / "scores.parquet", sds=sds,
+                    metadata={"data": cfg.data, "run": str(cfg.run)})
     summary = {"data": cfg.data, "run": str(cfg.run), "n": n, "shards": len(source.shards),
                "shards_resumed": done_before, "scores": list(opt.scores), "executor": opt.executor,
                "workers": opt.workers if opt.executor == "ray" else 1, "seconds_shards": round(shard_seconds, 2),
@@ -357,19 +352,48 @@ def run_local(cfg: PoolScoreConfig, source, embed, shards: list[str], key: str) 
             bar.update(1)
 
 
-def join_shards(out: Path, shards: list[str]) -> dict[str, np.ndarray]:
-    """The shards' tables in shard order, as one {column: [N]}; an id in two shards is refused."""
-    from keepset._ids import check_ids
-    from keepset.io.tables import read_score_table
+def join_shards(out: Path, shards: list[str], path: Path, *, sds: np.ndarray | None = None,
+                metadata: dict | None = None) -> int:
+    """Write the shards' tables, in shard order, as one table at ``path`` (streamed: one shard in memory at a
+    time; written atomically), with the ``sds`` column [N] when given. An id in two shards is refused (nothing
+    written). Returns the number of pairs."""
+    import pyarrow.parquet as pq
 
-    parts = [read_score_table(shard_path(out, s)) for s in shards]
-    parts = [p for p in parts if len(p["id"])]
-    if not parts:
-        raise ValueError(f"the pool's {len(shards)} shards hold no pairs")
-    cols = [c for c in parts[0] if c != "label"]
-    table = {c: np.concatenate([p[c] for p in parts]) for c in cols}
-    check_ids(table["id"], "the pool's ids (over all shards)")
-    return table
+    from keepset.io.tables import ScoreTableWriter, read_score_table
+    from keepset.recorder.aggregate import hex_halves
+
+    keys, n = [], 0
+    with ScoreTableWriter(path, metadata=metadata, overwrite=True) as w:
+        for s in shards:
+            if not pq.ParquetFile(shard_path(out, s)).metadata.num_rows:
+                continue
+            t = read_score_table(shard_path(out, s))
+            ids = t.pop("id")
+            t.pop("label", None)
+            halves = hex_halves(ids) if ids.dtype.kind == "U" else None
+            keys.append(np.stack(halves, 1) if halves is not None else ids)
+            if sds is not None:
+                t["sds"] = sds[n:n + len(ids)]
+            w.write(ids, t)
+            n += len(ids)
+        if not n:
+            raise ValueError(f"the pool's {len(shards)} shards hold no pairs")
+        _check_unique(keys)
+    return n
+
+
+def _check_unique(keys: list[np.ndarray]) -> None:
+    """ValueError when a key (an id, or a uid's two 64-bit halves) repeats across the shards."""
+    if any(k.ndim == 2 for k in keys) and not all(k.ndim == 2 for k in keys):
+        keys = [k if k.ndim == 1 else np.array([f"{a:016x}{b:016x}" for a, b in k.view(np.uint64)]) for k in keys]
+    allk = np.concatenate(keys)
+    if allk.ndim == 2:
+        allk = allk.view([("hi", allk.dtype), ("lo", allk.dtype)]).ravel()
+    srt = np.sort(allk)
+    dup = int((srt[1:] == srt[:-1]).sum())
+    if dup:
+        raise ValueError(f"{dup} pair ids appear in more than one shard of the pool; ids must be unique across it "
+                         "(deduplicate the shards)")
 
 
 def pool_sds(out: Path, shards: list[str], opt: PoolScoreOptions) -> np.ndarray:
