@@ -52,5 +52,6 @@ def run(args) -> int:
     check_output_dir(cfg.out, cfg.overwrite)
     summary = run_demo(cfg, log=log_to_stderr(args.quiet))
     print(format_summary(summary))
-    print(f"wrote {args.out}/: summary.json, scores.parquet, keep.npy, manifest.json, dynamics/")
+    print(f"wrote {args.out}/: summary.json, scores.parquet, keep.npy, manifest.json, dynamics/, model.safetensors, "
+          "reference.safetensors")
     return 0

@@ -162,5 +162,6 @@ def run(args) -> int:
 
     summary = run_filter(cfg, log=log_to_stderr(args.quiet))
     print(format_summary(summary))
-    print(f"wrote {args.out}/: scores.parquet, keep.npy, summary.json, manifest.json, dynamics/")
+    print(f"wrote {args.out}/: scores.parquet, keep.npy, summary.json, manifest.json, dynamics/, model.safetensors, "
+          "reference.safetensors")
     return 0
