@@ -16,6 +16,17 @@ def check_ratio(ratio: float, name: str = "ratio") -> float:
     return value
 
 
+def check_temperature(temperature) -> float:
+    """A softmax temperature as a float: a one-line ValueError unless it is a finite number > 0."""
+    try:
+        value = float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {value}")
+    return value
+
+
 def check_scores(scores, name: str = "scores") -> np.ndarray:
     """Return ``scores`` as a 1-D float64 array with no NaN/inf, or raise naming the bad entries."""
     arr = np.asarray(scores, dtype=np.float64)

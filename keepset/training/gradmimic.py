@@ -36,10 +36,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
+from keepset._checks import check_temperature
 from keepset.losses import check_declared_coupling
 from keepset.models.layer_identities import LayerGrads, covered_modules
 from keepset.models.mimic import (
@@ -192,12 +192,7 @@ class GradMimic(OnlineMethod):
             raise ValueError(f"method must be 'proj' or 'cos' (the score; weighting= sets the weights), got {method!r}")
         if apply_to not in APPLY_TO:
             raise ValueError(f"apply_to must be 'layers' or 'all', got {apply_to!r}")
-        try:
-            temperature = float(temperature)
-        except (TypeError, ValueError):
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}") from None
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        temperature = check_temperature(temperature)
         self.reference, self.layers, self.method = reference, layers, method
         self.temperature, self.reweight, self.start_epoch = temperature, bool(reweight), int(start_epoch)
         self.apply_to, self.fused = apply_to, bool(fused)

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from keepset._checks import check_temperature
 from keepset.training.agra import as_pool
 from keepset.training.layer_weighted import LayerWeightedLoss, direction_dot
 
@@ -73,12 +74,7 @@ class FewShotInfluence(LayerWeightedLoss):
         if weighting not in INFLUENCE_WEIGHTINGS:
             raise ValueError(f"weighting must be 'softmax' (published normed_*) or 'raw' (published proj / cos), "
                              f"got {weighting!r}")
-        try:
-            temperature = float(temperature)
-        except (TypeError, ValueError):
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}") from None
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        temperature = check_temperature(temperature)
         pos = few_shot_positions(y.numpy(), k, seed)
         self.clean_x, self.clean_y, self.few_shot_ids = x[torch.from_numpy(pos)], y[torch.from_numpy(pos)], ids[pos]
         self.k, self.method, self.weighting, self.temperature = int(k), method, weighting, temperature
