@@ -661,27 +661,37 @@ def load_pair_inputs(cfg: PairFilterConfig):
     if trusted is not None and trusted.dtype.kind not in "iuU":
         raise ValueError(f"{cfg.trusted_ids} must hold pair ids (strings or integers, or DataComp's u8,u8 uid "
                          f"pairs), got dtype {trusted.dtype}")
-    source = load_pairs(cfg.data)
-    missing = getattr(source, "shards_without_embeddings", None)
-    if getattr(source, "embeddings", "") is None or missing:
-        raise ValueError(f"{cfg.data}: shard(s) {(missing or source.shards)[:3]} have no .npz embeddings beside their "
-                         ".parquet; a DataComp pool is filtered on its image / text embeddings (keepset downloads no "
-                         "images): add the npz files, or give the images as a wds: pool with --image-encoder")
+    source, embed = open_pair_pool(cfg.data, cfg.image_encoder, cfg.text_encoder, cfg.cache_dir,
+                                   progress=cfg.options.progress)
     if cfg.trusted:
         trusted = load_pairs(cfg.trusted)
-    embed = None
-    if hasattr(source, "embeddings"):  # a DataComp pool: it ships its embeddings
-        given = [f for f, v in (("--image-encoder", cfg.image_encoder), ("--text-encoder", cfg.text_encoder)) if v]
-        if given:
-            raise ValueError(f"{cfg.data} ships its own embeddings; {', '.join(given)} applies only to pools of "
-                             "images (wds:, hf:)")
-    else:
-        from keepset.encoders import default_cache_dir
-        from keepset.encoders.pairs import PairEmbedder, load_pair_encoders
-
-        image, text = load_pair_encoders(cfg.image_encoder, cfg.text_encoder, progress=cfg.options.progress)
-        embed = PairEmbedder(image, text, cfg.cache_dir if cfg.cache_dir else default_cache_dir())
     return source, trusted, reference, extra, truth, embed
+
+
+def open_pair_pool(spec: str, image_encoder: str | None = None, text_encoder: str | None = None,
+                   cache_dir: str | None = None, *, progress: bool = True, check_duplicates: bool = True):
+    """(the pool ``spec`` names, its embedder or None), refused before any work when the pool cannot be embedded:
+    a DataComp pool ships its embeddings (every shard needs its .npz; no encoders apply), a pool of images (wds:,
+    hf:) is embedded with the given encoders. ``check_duplicates`` (DataComp): read every uid column once to refuse
+    duplicates across the pool (a worker handed single shards of a checked pool skips it)."""
+    kind = spec.strip().partition(":")[0].lower()
+    source = load_pairs(spec, **({"check_duplicates": check_duplicates} if kind == "datacomp" else {}))
+    missing = getattr(source, "shards_without_embeddings", None)
+    if getattr(source, "embeddings", "") is None or missing:
+        raise ValueError(f"{spec}: shard(s) {(missing or source.shards)[:3]} have no .npz embeddings beside their "
+                         ".parquet; a DataComp pool is filtered on its image / text embeddings (keepset downloads no "
+                         "images): add the npz files, or give the images as a wds: pool with --image-encoder")
+    if hasattr(source, "embeddings"):  # a DataComp pool: it ships its embeddings
+        given = [f for f, v in (("--image-encoder", image_encoder), ("--text-encoder", text_encoder)) if v]
+        if given:
+            raise ValueError(f"{spec} ships its own embeddings; {', '.join(given)} applies only to pools of "
+                             "images (wds:, hf:)")
+        return source, None
+    from keepset.encoders import default_cache_dir
+    from keepset.encoders.pairs import PairEmbedder, load_pair_encoders
+
+    image, text = load_pair_encoders(image_encoder, text_encoder, progress=progress)
+    return source, PairEmbedder(image, text, cache_dir if cache_dir else default_cache_dir())
 
 
 def run_filter_pairs(cfg: PairFilterConfig, log=print) -> dict:

@@ -254,29 +254,10 @@ def config_key(cfg: PoolScoreConfig, source_fingerprint: str) -> str:
 # ----------------------------------------------------------------------------------------------- the run
 def open_pool(cfg: PoolScoreConfig, *, check_duplicates: bool = True):
     """(the pair source, its embedder or None), the pool's errors raised before any work."""
-    from keepset.data.pairs.spec import load_pairs
+    from keepset.workflows.filter_pairs import open_pair_pool
 
-    kind = cfg.data.strip().partition(":")[0].lower()
-    source = load_pairs(cfg.data, **({"check_duplicates": check_duplicates} if kind == "datacomp" else {}))
-    if hasattr(source, "embeddings"):  # a DataComp pool ships its embeddings
-        missing = getattr(source, "shards_without_embeddings", None)
-        if source.embeddings is None or missing:
-            raise ValueError(f"{cfg.data}: shard(s) {(missing or source.shards)[:3]} have no .npz embeddings beside "
-                             "their .parquet; add them, or give the images as a wds: pool with --image-encoder")
-        given = [f for f, v in (("--image-encoder", cfg.image_encoder), ("--text-encoder", cfg.text_encoder)) if v]
-        if given:
-            raise ValueError(f"{cfg.data} ships its own embeddings; {', '.join(given)} applies only to pools of "
-                             "images (wds:, hf:)")
-        return source, None
-    return source, make_embedder(cfg)
-
-
-def make_embedder(cfg: PoolScoreConfig):
-    from keepset.encoders import default_cache_dir
-    from keepset.encoders.pairs import PairEmbedder, load_pair_encoders
-
-    image, text = load_pair_encoders(cfg.image_encoder, cfg.text_encoder, progress=False)
-    return PairEmbedder(image, text, cfg.cache_dir if cfg.cache_dir else default_cache_dir())
+    return open_pair_pool(cfg.data, cfg.image_encoder, cfg.text_encoder, cfg.cache_dir, progress=False,
+                          check_duplicates=check_duplicates)
 
 
 def score_pool(cfg: PoolScoreConfig, log=print) -> dict:
